@@ -1,0 +1,25 @@
+#!/usr/bin/env bash
+# Runs every test of the project: formatting, lints, the Rust unit and integration tests, and
+# the examples. It installs what it needs on a fresh machine. Usage: bash scripts/test-all.sh
+set -euo pipefail
+cd "$(dirname "$0")/.."
+
+step() { printf '\n== %s\n' "$*"; }
+
+step "format"
+cargo fmt --all -- --check
+
+step "clippy"
+cargo clippy --all-targets -- -D warnings
+
+step "rust tests"
+cargo test --all-targets 2>&1 | tee target/rust-tests.log
+# Doc tests (the API examples in rustdoc compile).
+cargo test --doc
+
+step "examples run offline and exit by themselves"
+timeout 120 cargo run -q --example basic
+timeout 300 cargo run -q --example demo | tee target/demo.log
+grep -q "new leader" target/demo.log
+
+step "all passed"

@@ -1,0 +1,46 @@
+//! # Murmur
+//!
+//! A peer-to-peer replicated key-value map. Every node keeps a full replica; writes merge
+//! without conflicts (automerge); each replica persists in SQLite; peers connect over iroh
+//! (QUIC, NAT traversal, relays); the swarm elects a leader by the Bully algorithm.
+//!
+//! ```no_run
+//! # async fn run() -> murmur::Result<()> {
+//! use murmur::Swarm;
+//! let swarm = Swarm::builder().storage_path("./data").build().await?;
+//! swarm.start().await?;
+//! swarm.put("user:123", b"Alice").await?;
+//! assert_eq!(swarm.get("user:123").await?, Some(b"Alice".to_vec()));
+//! swarm.shutdown().await?;
+//! # Ok(()) }
+//! ```
+//!
+//! ## Layers (DESIGN.md §1)
+//! - [`swarm`]: the public API; owns the layers below.
+//! - `replica`: the writer thread: group commit, read view, events, drives sync.
+//! - `store`: SQLite schema and transactions.
+//! - `doc`: the automerge document as a map of keys to value hashes.
+//! - `sync`: sans-IO per-peer replication (push + automerge sync).
+//! - `election`: sans-IO Bully election with terms.
+//! - `net`: iroh endpoint, handshake, framing, peer table, election driver.
+
+#![warn(missing_docs)]
+
+pub(crate) mod doc;
+pub mod election;
+mod error;
+mod events;
+pub(crate) mod net;
+pub(crate) mod replica;
+pub(crate) mod store;
+pub mod swarm;
+pub(crate) mod sync;
+
+pub use error::{Error, Result};
+pub use events::{Event, EventStream};
+pub use net::{auth::SwarmKey, wire::ALPN, PathKind, PeerInfo};
+pub use store::Durability;
+pub use swarm::{
+    RelayMode, Swarm, SwarmBuilder, DEFAULT_MAX_VALUE_SIZE, DEFAULT_SWARM_NAME, MAX_KEY_LEN,
+    MAX_VALUE_SIZE_LIMIT,
+};

@@ -1,0 +1,673 @@
+//! Networking: the iroh endpoint, connections, the peer table, peer exchange, and the driver of
+//! the election state machine.
+//!
+//! One task (the *node task*, [`run_node`]) owns the peer table and the election state. Each
+//! connection runs in its own task ([`conn`]) and reports to the node task through
+//! [`NodeEvent`]s; the node task decides which connections to keep, dials and re-dials peers,
+//! exchanges peer lists, feeds election messages and timer ticks to
+//! [`Election`](crate::election::Election), and carries out what it asks.
+
+pub(crate) mod auth;
+pub(crate) mod conn;
+pub(crate) mod ticket;
+pub(crate) mod wire;
+
+use std::{
+    collections::HashMap,
+    net::SocketAddr,
+    sync::{
+        atomic::{AtomicU64, Ordering},
+        Arc,
+    },
+    time::Duration,
+};
+
+use iroh::{
+    endpoint::{presets, Connection, PortmapperConfig, QuicTransportConfig, VarInt},
+    Endpoint, EndpointAddr, SecretKey,
+};
+use tokio::{
+    sync::{broadcast, mpsc, oneshot, watch},
+    time::Instant,
+};
+use tracing::{debug, warn};
+
+use self::{auth::SwarmKey, conn::close, wire::ControlMsg};
+use crate::{
+    doc::NodeBytes,
+    election::{self, Election, Output},
+    error::{Error, Result},
+    events::Event,
+    replica::{node_id_string, Command},
+    sync::DataMsg,
+    RelayMode,
+};
+
+/// How often disconnected known peers are considered for a new dial.
+const RECONNECT_CHECK: Duration = Duration::from_millis(200);
+/// First and longest wait between dials of an unreachable peer.
+const BACKOFF_MIN: Duration = Duration::from_millis(250);
+const BACKOFF_MAX: Duration = Duration::from_secs(5);
+/// Anti-entropy period: a sync round with every peer, re-requests of missing values.
+const ANTI_ENTROPY: Duration = Duration::from_secs(1);
+/// Longest wait for a QUIC connection to be established.
+const DIAL_TIMEOUT: Duration = Duration::from_secs(10);
+
+/// Networking options, resolved from the builder.
+#[derive(Debug, Clone)]
+pub(crate) struct NetConfig {
+    pub swarm_key: SwarmKey,
+    pub bind_addr: Option<SocketAddr>,
+    pub relay_mode: RelayMode,
+    pub local_discovery: bool,
+    pub heartbeat_interval: Duration,
+    pub leader_timeout: Duration,
+    pub max_peers: usize,
+    pub bootstrap: Vec<EndpointAddr>,
+}
+
+/// The leader as this node currently reports it.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub(crate) struct LeaderState {
+    pub leader: Option<NodeBytes>,
+    pub term: u64,
+    pub is_me: bool,
+}
+
+/// How a peer is reached right now.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum PathKind {
+    /// A direct UDP path (possibly after NAT traversal).
+    Direct,
+    /// Through a relay server.
+    Relayed,
+    /// Not connected.
+    None,
+}
+
+/// What [`Swarm::peers`](crate::Swarm::peers) reports about one peer.
+#[derive(Debug, Clone, PartialEq)]
+pub struct PeerInfo {
+    /// The peer's node ID.
+    pub id: String,
+    /// Whether an authenticated connection is open.
+    pub connected: bool,
+    /// How the connection runs.
+    pub path: PathKind,
+    /// Round-trip time of the connection's selected path.
+    pub rtt: Option<Duration>,
+}
+
+/// Messages to the node task.
+pub(crate) enum NodeEvent {
+    /// A connection passed the handshake; `keep` answers None (keep) or a close code.
+    Up {
+        peer: NodeBytes,
+        conn: Connection,
+        conn_id: u64,
+        dialer: bool,
+        control: mpsc::Sender<ControlMsg>,
+        data: mpsc::Sender<DataMsg>,
+        keep: oneshot::Sender<Option<VarInt>>,
+    },
+    /// A kept connection ended.
+    Down { peer: NodeBytes, conn_id: u64 },
+    /// A control message over a kept connection.
+    Control {
+        peer: NodeBytes,
+        conn_id: u64,
+        msg: ControlMsg,
+    },
+    /// A dial we started ended; `authenticated` says whether it got through the handshake.
+    DialDone {
+        peer: NodeBytes,
+        authenticated: bool,
+    },
+    /// A peer to dial (bootstrap at runtime, local discovery).
+    Discovered(EndpointAddr),
+    /// Report the peer table.
+    Peers(oneshot::Sender<Vec<PeerInfo>>),
+    /// Close every connection and the endpoint.
+    Shutdown(oneshot::Sender<()>),
+}
+
+/// State shared by the node task and the connection tasks.
+pub(crate) struct Shared {
+    pub me: NodeBytes,
+    pub swarm_key: SwarmKey,
+    pub node_tx: mpsc::Sender<NodeEvent>,
+    pub replica_tx: mpsc::Sender<Command>,
+    conn_ids: AtomicU64,
+}
+
+impl Shared {
+    pub fn next_conn_id(&self) -> u64 {
+        self.conn_ids.fetch_add(1, Ordering::Relaxed)
+    }
+}
+
+/// Creates the endpoint.
+pub(crate) async fn bind_endpoint(secret: [u8; 32], cfg: &NetConfig) -> Result<Endpoint> {
+    let idle = (cfg.leader_timeout * 3).clamp(Duration::from_secs(3), Duration::from_secs(30));
+    let idle = idle
+        .try_into()
+        .map_err(|_| Error::Config("leader_timeout too large".into()))?;
+    let transport = QuicTransportConfig::builder()
+        .max_idle_timeout(Some(idle))
+        .keep_alive_interval(Duration::from_secs(1))
+        .build();
+    let mut b = Endpoint::builder(presets::Minimal)
+        .secret_key(SecretKey::from_bytes(&secret))
+        .alpns(vec![wire::ALPN.to_vec()])
+        .transport_config(transport)
+        .relay_mode(cfg.relay_mode.to_iroh()?);
+    if matches!(cfg.relay_mode, RelayMode::Disabled) {
+        // No relay means no internet is assumed: do not probe the router for port mappings.
+        b = b.portmapper_config(PortmapperConfig::Disabled);
+    }
+    if let Some(addr) = cfg.bind_addr {
+        b = b
+            .clear_ip_transports()
+            .bind_addr(addr)
+            .map_err(|e| Error::Config(format!("bind address {addr}: {e}")))?;
+    }
+    let ep = b
+        .bind()
+        .await
+        .map_err(|e| Error::Network(format!("cannot bind endpoint: {e}")))?;
+    Ok(ep)
+}
+
+/// Handles kept by the `Swarm`.
+pub(crate) struct NetHandle {
+    pub node_tx: mpsc::Sender<NodeEvent>,
+    pub leader: watch::Receiver<LeaderState>,
+    pub task: tokio::task::JoinHandle<()>,
+}
+
+/// Starts the node task (accepting, dialing, election).
+#[allow(clippy::too_many_arguments)]
+pub(crate) fn start(
+    endpoint: Endpoint,
+    cfg: NetConfig,
+    term: u64,
+    known: Vec<EndpointAddr>,
+    replica_tx: mpsc::Sender<Command>,
+    misbehaved: mpsc::UnboundedReceiver<(NodeBytes, String)>,
+    events: broadcast::Sender<Event>,
+) -> NetHandle {
+    let me = *endpoint.id().as_bytes();
+    let (node_tx, node_rx) = mpsc::channel(1024);
+    let shared = Arc::new(Shared {
+        me,
+        swarm_key: cfg.swarm_key.clone(),
+        node_tx: node_tx.clone(),
+        replica_tx,
+        conn_ids: AtomicU64::new(1),
+    });
+    let (leader_tx, leader_rx) = watch::channel(LeaderState::default());
+    let start = Instant::now();
+    let election = Election::new(
+        me,
+        term,
+        election::Config {
+            heartbeat_interval: cfg.heartbeat_interval,
+            leader_timeout: cfg.leader_timeout,
+        },
+        Duration::ZERO,
+    );
+    let mut node = Node {
+        endpoint: endpoint.clone(),
+        shared: shared.clone(),
+        cfg,
+        start,
+        election,
+        peers: HashMap::new(),
+        known: HashMap::new(),
+        leader_tx,
+        events,
+    };
+    for addr in known.into_iter().chain(node.cfg.bootstrap.clone()) {
+        node.learn(addr);
+    }
+    // Accept loop: a separate task so a slow handshake never blocks the node task.
+    tokio::spawn(accept_loop(endpoint.clone(), shared.clone()));
+    if node.cfg.local_discovery {
+        start_local_discovery(&endpoint, &node.cfg.swarm_key, node_tx.clone());
+    }
+    let task = tokio::spawn(node.run(node_rx, misbehaved));
+    NetHandle {
+        node_tx,
+        leader: leader_rx,
+        task,
+    }
+}
+
+async fn accept_loop(endpoint: Endpoint, shared: Arc<Shared>) {
+    while let Some(incoming) = endpoint.accept().await {
+        let shared = shared.clone();
+        tokio::spawn(async move {
+            let accepting = match incoming.accept() {
+                Ok(a) => a,
+                Err(e) => return debug!("incoming refused: {e}"),
+            };
+            match accepting.await {
+                Ok(conn) => {
+                    conn::run(shared, conn, false).await;
+                }
+                Err(e) => debug!("incoming handshake failed: {e}"),
+            }
+        });
+    }
+}
+
+fn start_local_discovery(endpoint: &Endpoint, key: &SwarmKey, node_tx: mpsc::Sender<NodeEvent>) {
+    use iroh_mdns_address_lookup::{DiscoveryEvent, MdnsAddressLookup};
+    use n0_future::StreamExt;
+    // The service name carries a tag of the swarm key so nodes of other swarms on the LAN are
+    // not even dialed.
+    let mdns = match MdnsAddressLookup::builder()
+        .service_name(format!("murmur-{}", key.tag()))
+        .build(endpoint.id())
+    {
+        Ok(m) => m,
+        Err(e) => return warn!("local discovery unavailable: {e}"),
+    };
+    let lookup = match endpoint.address_lookup() {
+        Ok(l) => l,
+        Err(e) => return warn!("local discovery unavailable: {e}"),
+    };
+    let mdns2 = mdns.clone();
+    lookup.add(mdns);
+    tokio::spawn(async move {
+        let mut events = mdns2.subscribe().await;
+        while let Some(ev) = events.next().await {
+            if let DiscoveryEvent::Discovered { endpoint_info, .. } = ev {
+                let addr = endpoint_info.to_endpoint_addr();
+                if node_tx.send(NodeEvent::Discovered(addr)).await.is_err() {
+                    return;
+                }
+            }
+        }
+    });
+}
+
+struct PeerConn {
+    conn: Connection,
+    conn_id: u64,
+    dialer: bool,
+    control: mpsc::Sender<ControlMsg>,
+}
+
+struct Known {
+    addr: EndpointAddr,
+    dialing: bool,
+    backoff: Duration,
+    next_attempt: Instant,
+}
+
+struct Node {
+    endpoint: Endpoint,
+    shared: Arc<Shared>,
+    cfg: NetConfig,
+    start: Instant,
+    election: Election<NodeBytes>,
+    peers: HashMap<NodeBytes, PeerConn>,
+    known: HashMap<NodeBytes, Known>,
+    leader_tx: watch::Sender<LeaderState>,
+    events: broadcast::Sender<Event>,
+}
+
+impl Node {
+    fn now(&self) -> Duration {
+        self.start.elapsed()
+    }
+
+    async fn run(
+        mut self,
+        mut rx: mpsc::Receiver<NodeEvent>,
+        mut misbehaved: mpsc::UnboundedReceiver<(NodeBytes, String)>,
+    ) {
+        let mut reconnect = tokio::time::interval(RECONNECT_CHECK);
+        let mut anti_entropy = tokio::time::interval(ANTI_ENTROPY);
+        reconnect.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+        anti_entropy.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+        loop {
+            let deadline = self
+                .election
+                .next_deadline()
+                .map(|d| self.start + d)
+                .unwrap_or_else(|| Instant::now() + Duration::from_secs(3600));
+            tokio::select! {
+                ev = rx.recv() => match ev {
+                    Some(NodeEvent::Shutdown(reply)) => {
+                        self.shutdown().await;
+                        let _ = reply.send(());
+                        return;
+                    }
+                    Some(ev) => self.handle(ev).await,
+                    None => return,
+                },
+                Some((peer, reason)) = misbehaved.recv() => {
+                    if let Some(p) = self.peers.get(&peer) {
+                        warn!(peer = %node_id_string(&peer), "closing connection: {reason}");
+                        p.conn.close(close::PROTOCOL, reason.as_bytes());
+                    }
+                }
+                _ = tokio::time::sleep_until(deadline) => {
+                    let now = self.now();
+                    self.election.tick(now);
+                }
+                _ = reconnect.tick() => self.redial(),
+                _ = anti_entropy.tick() => {
+                    let _ = self.shared.replica_tx.try_send(Command::Tick);
+                }
+            }
+            self.drive_election().await;
+        }
+    }
+
+    async fn handle(&mut self, ev: NodeEvent) {
+        let now = self.now();
+        match ev {
+            NodeEvent::Up {
+                peer,
+                conn,
+                conn_id,
+                dialer,
+                control,
+                data,
+                keep,
+            } => {
+                if let Some(code) = self.admit(&peer, dialer) {
+                    let _ = keep.send(Some(code));
+                    return;
+                }
+                let replaced = self.peers.insert(
+                    peer,
+                    PeerConn {
+                        conn,
+                        conn_id,
+                        dialer,
+                        control: control.clone(),
+                    },
+                );
+                if let Some(old) = &replaced {
+                    old.conn
+                        .close(close::DUPLICATE, b"replaced by a newer connection");
+                }
+                let _ = keep.send(None);
+                let _ = self
+                    .shared
+                    .replica_tx
+                    .send(Command::PeerUp {
+                        peer,
+                        conn_id,
+                        tx: data,
+                    })
+                    .await;
+                if let Some(k) = self.known.get_mut(&peer) {
+                    k.backoff = BACKOFF_MIN;
+                }
+                let _ = control.try_send(self.peer_list());
+                if replaced.is_none() {
+                    self.election.peer_up(peer, now);
+                    let _ = self.events.send(Event::PeerUp {
+                        peer: node_id_string(&peer),
+                    });
+                }
+            }
+            NodeEvent::Down { peer, conn_id } => {
+                if self.peers.get(&peer).is_some_and(|p| p.conn_id == conn_id) {
+                    self.peers.remove(&peer);
+                    let _ = self
+                        .shared
+                        .replica_tx
+                        .send(Command::PeerDown { peer, conn_id })
+                        .await;
+                    self.election.peer_down(&peer, now);
+                    let _ = self.events.send(Event::PeerDown {
+                        peer: node_id_string(&peer),
+                    });
+                    if let Some(k) = self.known.get_mut(&peer) {
+                        k.next_attempt = Instant::now() + BACKOFF_MIN;
+                    }
+                }
+            }
+            NodeEvent::Control { peer, conn_id, msg } => {
+                if self.peers.get(&peer).is_none_or(|p| p.conn_id != conn_id) {
+                    return;
+                }
+                match msg {
+                    ControlMsg::Peers { me, known } => {
+                        if me.id.as_bytes() == &peer {
+                            if let Ok(bytes) = postcard::to_stdvec(&me) {
+                                let _ = self
+                                    .shared
+                                    .replica_tx
+                                    .try_send(Command::SavePeerAddr { peer, addr: bytes });
+                            }
+                            self.learn(me);
+                        }
+                        for a in known.into_iter().take(self.cfg.max_peers * 4) {
+                            self.learn(a);
+                        }
+                    }
+                    ControlMsg::Election(m) => self.election.handle(peer, m, now),
+                    _ => {}
+                }
+            }
+            NodeEvent::DialDone {
+                peer,
+                authenticated,
+            } => {
+                if let Some(k) = self.known.get_mut(&peer) {
+                    k.dialing = false;
+                    if !authenticated {
+                        k.next_attempt = Instant::now() + k.backoff;
+                        k.backoff = (k.backoff * 2).min(BACKOFF_MAX);
+                    }
+                }
+            }
+            NodeEvent::Discovered(addr) => self.learn(addr),
+            NodeEvent::Peers(reply) => {
+                let _ = reply.send(self.peer_infos());
+            }
+            NodeEvent::Shutdown(_) => unreachable!("handled in run"),
+        }
+    }
+
+    /// Decides whether a new authenticated connection is kept: None to keep, or why not.
+    fn admit(&self, peer: &NodeBytes, dialer: bool) -> Option<VarInt> {
+        if peer == &self.shared.me {
+            return Some(close::PROTOCOL);
+        }
+        match self.peers.get(peer) {
+            None if self.peers.len() >= self.cfg.max_peers => Some(close::TOO_MANY_PEERS),
+            None => None,
+            // Both nodes dialed each other: both keep the connection dialed by the greater ID,
+            // so both sides pick the same one. A new connection dialed by the same side as
+            // the existing one replaces it (the old one is likely dead: a restart).
+            Some(existing) if existing.dialer == dialer => None,
+            Some(_) => {
+                let dialer_id = if dialer { &self.shared.me } else { peer };
+                let greater = std::cmp::max(&self.shared.me, peer);
+                if dialer_id == greater {
+                    None
+                } else {
+                    Some(close::DUPLICATE)
+                }
+            }
+        }
+    }
+
+    fn peer_list(&self) -> ControlMsg {
+        ControlMsg::Peers {
+            me: self.endpoint.addr(),
+            known: self
+                .peers
+                .keys()
+                .filter_map(|p| self.known.get(p).map(|k| k.addr.clone()))
+                .collect(),
+        }
+    }
+
+    /// Adds or refreshes a peer to connect to.
+    fn learn(&mut self, addr: EndpointAddr) {
+        let id = *addr.id.as_bytes();
+        if id == self.shared.me {
+            return;
+        }
+        match self.known.get_mut(&id) {
+            Some(k) => {
+                if !addr.is_empty() {
+                    k.addr = addr;
+                }
+            }
+            None => {
+                self.known.insert(
+                    id,
+                    Known {
+                        addr,
+                        dialing: false,
+                        backoff: BACKOFF_MIN,
+                        next_attempt: Instant::now(),
+                    },
+                );
+            }
+        }
+    }
+
+    /// Dials known peers that are not connected and are due.
+    fn redial(&mut self) {
+        let now = Instant::now();
+        let mut budget = self.cfg.max_peers.saturating_sub(self.peers.len());
+        for (id, k) in self.known.iter_mut() {
+            if budget == 0 {
+                break;
+            }
+            if self.peers.contains_key(id) || k.dialing || k.next_attempt > now {
+                continue;
+            }
+            budget -= 1;
+            k.dialing = true;
+            k.next_attempt = now + k.backoff;
+            let (endpoint, shared, addr, peer) = (
+                self.endpoint.clone(),
+                self.shared.clone(),
+                k.addr.clone(),
+                *id,
+            );
+            tokio::spawn(async move {
+                let authenticated =
+                    match tokio::time::timeout(DIAL_TIMEOUT, endpoint.connect(addr, wire::ALPN))
+                        .await
+                    {
+                        Ok(Ok(conn)) => match conn::run(shared.clone(), conn, true).await {
+                            conn::Outcome::Authenticated => true,
+                            conn::Outcome::Failed(why) => {
+                                warn!(peer = %node_id_string(&peer), "peer refused: {why}");
+                                false
+                            }
+                        },
+                        Ok(Err(e)) => {
+                            debug!(peer = %node_id_string(&peer), "dial failed: {e}");
+                            false
+                        }
+                        Err(_) => false,
+                    };
+                let _ = shared
+                    .node_tx
+                    .send(NodeEvent::DialDone {
+                        peer,
+                        authenticated,
+                    })
+                    .await;
+            });
+        }
+    }
+
+    /// Carries out what the election state machine asks for.
+    async fn drive_election(&mut self) {
+        while let Some(out) = self.election.poll_output() {
+            match out {
+                Output::Send { to, msg } => {
+                    if let Some(p) = self.peers.get(&to) {
+                        let _ = p.control.try_send(ControlMsg::Election(msg));
+                    }
+                }
+                Output::PersistTerm(term) => {
+                    // The term must be durable before it is announced (it is a fencing token).
+                    let (tx, rx) = oneshot::channel();
+                    if self
+                        .shared
+                        .replica_tx
+                        .send(Command::SetTerm { term, reply: tx })
+                        .await
+                        .is_ok()
+                    {
+                        if let Ok(Err(e)) = rx.await {
+                            warn!("cannot persist term {term}: {e}");
+                        }
+                    }
+                }
+                Output::LeaderChanged { leader, term } => {
+                    let state = LeaderState {
+                        leader,
+                        term,
+                        is_me: leader == Some(self.shared.me),
+                    };
+                    let _ = self.leader_tx.send(state);
+                    let _ = self.events.send(Event::LeaderChanged {
+                        leader: leader.map(|l| node_id_string(&l)),
+                        term,
+                    });
+                }
+            }
+        }
+    }
+
+    fn peer_infos(&self) -> Vec<PeerInfo> {
+        let mut ids: Vec<NodeBytes> = self
+            .known
+            .keys()
+            .chain(self.peers.keys())
+            .copied()
+            .collect();
+        ids.sort();
+        ids.dedup();
+        ids.into_iter()
+            .map(|id| match self.peers.get(&id) {
+                Some(p) => {
+                    let paths = p.conn.paths();
+                    let sel = paths.iter().find(|p| p.is_selected());
+                    PeerInfo {
+                        id: node_id_string(&id),
+                        connected: true,
+                        path: match &sel {
+                            Some(s) if s.is_relay() => PathKind::Relayed,
+                            Some(_) => PathKind::Direct,
+                            None => PathKind::None,
+                        },
+                        rtt: sel.map(|s| s.rtt()),
+                    }
+                }
+                None => PeerInfo {
+                    id: node_id_string(&id),
+                    connected: false,
+                    path: PathKind::None,
+                    rtt: None,
+                },
+            })
+            .collect()
+    }
+
+    async fn shutdown(&mut self) {
+        for p in self.peers.values() {
+            p.conn.close(close::NORMAL, b"shutdown");
+        }
+        self.peers.clear();
+        let _ = self.leader_tx.send(LeaderState::default());
+        self.endpoint.close().await;
+    }
+}

@@ -1,0 +1,796 @@
+//! The replica: one writer thread that owns the SQLite connection and the automerge document.
+//!
+//! Everything that changes the map goes through this thread as a [`Command`]: local writes,
+//! messages from peers, anti-entropy ticks. The thread takes whatever commands are queued (up to
+//! a bound), applies them all, commits them in **one** SQLite transaction, and only then
+//! acknowledges the writers, updates the read view, emits events and sends to peers. That is
+//! group commit: one fsync serves a whole batch, which is what makes `Durability::Full`
+//! affordable under concurrency.
+//!
+//! Reads never come here: [`ReadView`] holds each live key's value hash (updated after every
+//! commit) and reads value bytes through its own read-only SQLite connection.
+
+use std::{
+    collections::{BTreeMap, HashMap, HashSet},
+    path::PathBuf,
+    sync::{Arc, Mutex, RwLock},
+};
+
+use tokio::sync::{broadcast, mpsc, oneshot};
+use tracing::{debug, warn};
+
+use crate::{
+    doc::{self, value_hash, KvDoc, NodeBytes, ValueHash},
+    error::{Error, Result},
+    events::Event,
+    store::{Durability, Reader, Store},
+    sync::{DataMsg, PeerSync, Received},
+};
+
+/// Most commands folded into one transaction.
+const MAX_BATCH: usize = 4096;
+/// A batch stops taking local writes once it holds this many value bytes (keeps each pushed
+/// message well under the frame limit).
+const MAX_BATCH_VALUE_BYTES: usize = 4 << 20;
+/// Most bytes of values answered in one `Values` message.
+const MAX_VALUES_REPLY: usize = 4 << 20;
+/// Most hashes asked for in one `Want` message.
+const MAX_WANT: usize = 16_384;
+/// Above this many new changes in one batch, the view is rebuilt by a scan of the document
+/// instead of decoding each change.
+const RESCAN_THRESHOLD: usize = 2_000;
+/// Change rows are folded into a new snapshot once they weigh more than the snapshot and this.
+const MIN_COMPACT_BYTES: usize = 1 << 20;
+
+/// One local write.
+#[derive(Debug, Clone)]
+pub(crate) enum WriteOp {
+    Put { key: String, value: Vec<u8> },
+    Delete { key: String },
+}
+
+/// Work for the replica thread.
+pub(crate) enum Command {
+    /// Local writes, acknowledged after they are durable.
+    Write {
+        ops: Vec<WriteOp>,
+        reply: oneshot::Sender<Result<()>>,
+    },
+    /// An authenticated data stream to `peer` exists; send to it through `tx`.
+    PeerUp {
+        peer: NodeBytes,
+        conn_id: u64,
+        tx: mpsc::Sender<DataMsg>,
+    },
+    /// The data stream to `peer` over connection `conn_id` is gone.
+    PeerDown { peer: NodeBytes, conn_id: u64 },
+    /// A message from a peer, received over connection `conn_id`.
+    FromPeer {
+        peer: NodeBytes,
+        conn_id: u64,
+        msg: DataMsg,
+    },
+    /// Anti-entropy: run a sync round with every peer, re-request missing values.
+    Tick,
+    /// Persist the election term.
+    SetTerm {
+        term: u64,
+        reply: oneshot::Sender<Result<()>>,
+    },
+    /// Remember a peer's address (postcard-encoded `EndpointAddr`).
+    SavePeerAddr { peer: NodeBytes, addr: Vec<u8> },
+    /// Fold change rows into a snapshot now and drop unreferenced values.
+    Compact { reply: oneshot::Sender<Result<()>> },
+    /// Persist per-peer state and stop.
+    Shutdown { reply: oneshot::Sender<()> },
+}
+
+/// Read side shared with the `Swarm` handle.
+pub(crate) struct ReadView {
+    map: RwLock<BTreeMap<String, ValueHash>>,
+    reader: Mutex<Reader>,
+}
+
+impl ReadView {
+    /// The committed value of `key`.
+    pub fn get(&self, key: &str) -> Result<Option<Vec<u8>>> {
+        // A compaction may drop a value between reading its hash and reading its bytes if the
+        // key was overwritten in between; reading the view again then finds the new hash.
+        for _ in 0..4 {
+            let hash = match self.map.read() {
+                Ok(m) => m.get(key).copied(),
+                Err(p) => p.into_inner().get(key).copied(),
+            };
+            let Some(hash) = hash else { return Ok(None) };
+            let reader = self.reader.lock().unwrap_or_else(|p| p.into_inner());
+            if let Some(v) = reader.blob(&hash)? {
+                return Ok(Some(v));
+            }
+        }
+        Err(Error::Storage(format!(
+            "value of key {key:?} is missing from the value table"
+        )))
+    }
+
+    /// Live keys in order, starting with `prefix`.
+    pub fn keys(&self, prefix: &str) -> Vec<String> {
+        let m = self.map.read().unwrap_or_else(|p| p.into_inner());
+        m.range(prefix.to_string()..)
+            .take_while(|(k, _)| k.starts_with(prefix))
+            .map(|(k, _)| k.clone())
+            .collect()
+    }
+
+    /// Number of live keys.
+    pub fn len(&self) -> usize {
+        self.map.read().unwrap_or_else(|p| p.into_inner()).len()
+    }
+
+    fn write(&self) -> std::sync::RwLockWriteGuard<'_, BTreeMap<String, ValueHash>> {
+        self.map.write().unwrap_or_else(|p| p.into_inner())
+    }
+}
+
+/// What the replica thread hands back once it has opened the store.
+pub(crate) struct Opened {
+    pub tx: mpsc::Sender<Command>,
+    pub view: Arc<ReadView>,
+    pub secret_key: [u8; 32],
+    pub term: u64,
+    pub peer_addrs: Vec<(NodeBytes, Vec<u8>)>,
+    /// Joined on shutdown so the directory lock is released before `shutdown` returns.
+    pub thread: std::thread::JoinHandle<()>,
+}
+
+/// Everything the replica needs to open.
+pub(crate) struct ReplicaConfig {
+    pub dir: PathBuf,
+    pub durability: Durability,
+    pub events: broadcast::Sender<Event>,
+    /// Told about peers that broke the protocol, so their connection is closed.
+    pub misbehaved: mpsc::UnboundedSender<(NodeBytes, String)>,
+}
+
+/// Opens the store in `cfg.dir` on a new thread and runs the replica there.
+pub(crate) fn spawn(cfg: ReplicaConfig) -> Result<Opened> {
+    let (tx, rx) = mpsc::channel(8192);
+    let (opened_tx, opened_rx) = std::sync::mpsc::channel();
+    let thread = std::thread::Builder::new()
+        .name("murmur-replica".into())
+        .spawn(move || match Replica::open(cfg) {
+            Err(e) => {
+                let _ = opened_tx.send(Err(e));
+            }
+            Ok((replica, info)) => {
+                let _ = opened_tx.send(Ok(info));
+                replica.run(rx);
+            }
+        })
+        .map_err(|e| Error::Storage(format!("cannot start replica thread: {e}")))?;
+    match opened_rx.recv() {
+        Ok(Ok((view, secret_key, term, peer_addrs))) => Ok(Opened {
+            tx,
+            view,
+            secret_key,
+            term,
+            peer_addrs,
+            thread,
+        }),
+        Ok(Err(e)) => {
+            let _ = thread.join();
+            Err(e)
+        }
+        Err(_) => Err(Error::Storage("replica thread died while opening".into())),
+    }
+}
+
+struct PeerLink {
+    /// The connection this link belongs to; messages and notices about others are stale.
+    conn_id: u64,
+    sync: PeerSync,
+    tx: mpsc::Sender<DataMsg>,
+}
+
+type OpenInfo = (Arc<ReadView>, [u8; 32], u64, Vec<(NodeBytes, Vec<u8>)>);
+
+struct Replica {
+    store: Store,
+    doc: KvDoc,
+    me: NodeBytes,
+    view: Arc<ReadView>,
+    events: broadcast::Sender<Event>,
+    misbehaved: mpsc::UnboundedSender<(NodeBytes, String)>,
+    peers: HashMap<NodeBytes, PeerLink>,
+    /// Sync states persisted by earlier connections, by peer.
+    saved_sync: HashMap<NodeBytes, Vec<u8>>,
+    /// Values the document references that this replica does not have yet, with the keys
+    /// waiting for them. Those keys keep their previous value in the view until they arrive.
+    pending: HashMap<ValueHash, HashSet<String>>,
+    /// Rotates which peer is asked for pending values on each tick.
+    want_rotation: usize,
+    snapshot_len: usize,
+    change_bytes: usize,
+}
+
+/// How a batch's new changes reached the disk.
+enum Persisted {
+    /// As change rows of this many bytes.
+    Rows(usize),
+    /// Folded, with everything before, into a snapshot of this many bytes.
+    Snapshot(usize),
+}
+
+/// Per-batch bookkeeping of what to do after the commit.
+#[derive(Default)]
+struct Effects {
+    acks: Vec<oneshot::Sender<Result<()>>>,
+    /// Keys touched by this node's writes.
+    local_keys: Vec<String>,
+    /// Keys touched by peers, with the origin to report for deletions.
+    remote_keys: Vec<(String, NodeBytes)>,
+    /// Peers whose sync state must be polled (a reply may be due).
+    poll: HashSet<NodeBytes>,
+    /// Direct replies, by peer.
+    replies: Vec<(NodeBytes, DataMsg)>,
+    /// Values that arrived (hash known to be wanted or pushed).
+    arrived: Vec<ValueHash>,
+    /// Peers whose connection must be closed for a protocol error.
+    bad: Vec<(NodeBytes, String)>,
+    /// Peers from which pending values should be requested after this batch.
+    ask: HashSet<NodeBytes>,
+    /// Peers that sent changes: ask them for values still missing after the batch.
+    ask_if_pending: HashSet<NodeBytes>,
+    rescan: Option<NodeBytes>,
+    shutdown: Option<oneshot::Sender<()>>,
+    compact: Vec<oneshot::Sender<Result<()>>>,
+    /// Sync states to persist.
+    persist_sync: Vec<(NodeBytes, Vec<u8>)>,
+    terms: Vec<(u64, oneshot::Sender<Result<()>>)>,
+    addrs: Vec<(NodeBytes, Vec<u8>)>,
+    tick: bool,
+}
+
+impl Replica {
+    fn open(cfg: ReplicaConfig) -> Result<(Replica, OpenInfo)> {
+        let mut store = Store::open(&cfg.dir, cfg.durability)?;
+        let secret_key = store.secret_key()?;
+        let me: NodeBytes = iroh::SecretKey::from_bytes(&secret_key)
+            .public()
+            .as_bytes()
+            .to_owned();
+        let stored = store.load_doc()?;
+        let snapshot_len = stored.snapshot.as_ref().map_or(0, |s| s.len());
+        let change_bytes = stored.changes.iter().map(|c| c.len()).sum();
+        let doc = KvDoc::load(stored.snapshot.as_deref(), &stored.changes, &me)
+            .map_err(|e| store.corrupt(e))?;
+        let term = store.meta_i64("term")?.unwrap_or(0).max(0) as u64;
+        let peer_addrs = store.peer_addrs()?;
+        let saved_sync = store.peer_sync_states()?.into_iter().collect();
+
+        let mut map = BTreeMap::new();
+        let mut pending: HashMap<ValueHash, HashSet<String>> = HashMap::new();
+        for (key, e) in doc.entries() {
+            if store.has_blob(&e.hash)? {
+                map.insert(key, e.hash);
+            } else {
+                pending.entry(e.hash).or_default().insert(key);
+            }
+        }
+        let view = Arc::new(ReadView {
+            map: RwLock::new(map),
+            reader: Mutex::new(store.reader()?),
+        });
+        let replica = Replica {
+            store,
+            doc,
+            me,
+            view: view.clone(),
+            events: cfg.events,
+            misbehaved: cfg.misbehaved,
+            peers: HashMap::new(),
+            saved_sync,
+            pending,
+            want_rotation: 0,
+            snapshot_len,
+            change_bytes,
+        };
+        Ok((replica, (view, secret_key, term, peer_addrs)))
+    }
+
+    fn run(mut self, mut rx: mpsc::Receiver<Command>) {
+        while let Some(first) = rx.blocking_recv() {
+            let mut batch = vec![first];
+            let mut value_bytes = 0;
+            while batch.len() < MAX_BATCH && value_bytes < MAX_BATCH_VALUE_BYTES {
+                match rx.try_recv() {
+                    Ok(cmd) => {
+                        if let Command::Write { ops, .. } = &cmd {
+                            value_bytes += ops
+                                .iter()
+                                .map(|o| match o {
+                                    WriteOp::Put { value, .. } => value.len(),
+                                    WriteOp::Delete { .. } => 0,
+                                })
+                                .sum::<usize>();
+                        }
+                        batch.push(cmd);
+                    }
+                    Err(_) => break,
+                }
+            }
+            if self.process(batch) {
+                return;
+            }
+        }
+        // Every handle is gone without a shutdown: persist what we can.
+        let _ = self.persist_all_sync();
+    }
+
+    /// Applies a batch; returns true when the replica must stop.
+    fn process(&mut self, batch: Vec<Command>) -> bool {
+        let mut fx = Effects::default();
+        let heads_before = self.doc.heads();
+        let mut local_values: Vec<(ValueHash, Vec<u8>)> = Vec::new();
+        let mut incoming_values: Vec<Vec<u8>> = Vec::new();
+        let mut doc_error = None;
+
+        for cmd in batch {
+            match cmd {
+                Command::Write { ops, reply } => {
+                    for op in ops {
+                        let r = match op {
+                            WriteOp::Put { key, value } => {
+                                let h = value_hash(&value);
+                                let r = self.doc.put(&key, &h);
+                                local_values.push((h, value));
+                                fx.local_keys.push(key);
+                                r
+                            }
+                            WriteOp::Delete { key } => {
+                                let r = self.doc.delete(&key);
+                                fx.local_keys.push(key);
+                                r
+                            }
+                        };
+                        if let Err(e) = r {
+                            doc_error = Some(e.to_string());
+                        }
+                    }
+                    fx.acks.push(reply);
+                }
+                Command::PeerUp { peer, conn_id, tx } => {
+                    debug!(peer = %node_id_string(&peer), conn_id, "replica: peer up");
+                    // A replaced connection's sync state is carried over as persisted state.
+                    let saved = match self.peers.get(&peer) {
+                        Some(old) => Some(old.sync.persisted()),
+                        None => self.saved_sync.get(&peer).cloned(),
+                    };
+                    self.peers.insert(
+                        peer,
+                        PeerLink {
+                            conn_id,
+                            sync: PeerSync::new(saved.as_deref()),
+                            tx,
+                        },
+                    );
+                    fx.poll.insert(peer);
+                    if !self.pending.is_empty() {
+                        fx.ask.insert(peer);
+                    }
+                }
+                Command::PeerDown { peer, conn_id } => {
+                    if let Some(link) = self.peers.remove(&peer) {
+                        if link.conn_id != conn_id {
+                            // A notice about a connection that was already replaced.
+                            self.peers.insert(peer, link);
+                            continue;
+                        }
+                        let st = link.sync.persisted();
+                        self.saved_sync.insert(peer, st.clone());
+                        fx.persist_sync.push((peer, st));
+                    }
+                }
+                Command::FromPeer { peer, conn_id, msg } => {
+                    if self.peers.get(&peer).is_some_and(|l| l.conn_id == conn_id) {
+                        self.handle_peer_msg(peer, msg, &mut fx, &mut incoming_values);
+                    }
+                }
+                Command::Tick => fx.tick = true,
+                Command::SetTerm { term, reply } => fx.terms.push((term, reply)),
+                Command::SavePeerAddr { peer, addr } => fx.addrs.push((peer, addr)),
+                Command::Compact { reply } => fx.compact.push(reply),
+                Command::Shutdown { reply } => {
+                    fx.shutdown = Some(reply);
+                    for (peer, link) in &self.peers {
+                        fx.persist_sync.push((*peer, link.sync.persisted()));
+                    }
+                }
+            }
+        }
+
+        let local_change = self.doc.commit();
+        let new_changes = if self.doc.heads() == heads_before {
+            Vec::new()
+        } else {
+            self.doc.changes_since(&heads_before)
+        };
+        // Keys touched by peers: decode each change, or rescan everything after a bulk load.
+        let local_hash = local_change.as_ref().map(|c| c.hash());
+        let remote: Vec<_> = new_changes
+            .iter()
+            .filter(|c| Some(c.hash()) != local_hash)
+            .collect();
+        if remote.len() > RESCAN_THRESHOLD {
+            fx.rescan = Some(self.me);
+        } else {
+            for c in &remote {
+                let s = doc::summarize(c);
+                let origin = s.origin.unwrap_or(self.me);
+                fx.remote_keys
+                    .extend(s.keys.into_iter().map(|k| (k, origin)));
+            }
+        }
+
+        // One transaction for the whole batch.
+        let commit = (|| -> Result<Persisted> {
+            if let Some(e) = &doc_error {
+                return Err(Error::Storage(format!("document rejected the write: {e}")));
+            }
+            let compact_now = !fx.compact.is_empty();
+            let tx = self.store.tx()?;
+            for (h, v) in &local_values {
+                tx.insert_blob(h, v)?;
+            }
+            for v in &incoming_values {
+                tx.insert_blob(&value_hash(v), v)?;
+            }
+            let fold = compact_now
+                || new_changes.len() > RESCAN_THRESHOLD
+                || self.change_bytes
+                    + new_changes
+                        .iter()
+                        .map(|c| c.raw_bytes().len())
+                        .sum::<usize>()
+                    > self.snapshot_len.max(MIN_COMPACT_BYTES);
+            let persisted = if fold {
+                let snap = self.doc.save();
+                tx.replace_snapshot(&snap)?;
+                let mut keep = self.doc.visible_hashes();
+                keep.extend(self.pending.keys().copied());
+                let dropped = tx.retain_blobs(&keep)?;
+                debug!(snapshot = snap.len(), dropped, "compacted");
+                Persisted::Snapshot(snap.len())
+            } else {
+                let mut bytes = 0;
+                for c in &new_changes {
+                    tx.insert_change(c.raw_bytes())?;
+                    bytes += c.raw_bytes().len();
+                }
+                Persisted::Rows(bytes)
+            };
+            for (peer, st) in &fx.persist_sync {
+                tx.set_peer_sync(peer, st)?;
+            }
+            for (term, _) in &fx.terms {
+                tx.set_meta("term", &(*term as i64).to_be_bytes())?;
+            }
+            for (peer, addr) in &fx.addrs {
+                tx.set_peer_addr(peer, addr)?;
+            }
+            fx.arrived = incoming_values.iter().map(|v| value_hash(v)).collect();
+            tx.commit()?;
+            Ok(persisted)
+        })();
+
+        match commit {
+            Ok(Persisted::Snapshot(len)) => {
+                self.snapshot_len = len;
+                self.change_bytes = 0;
+            }
+            Ok(Persisted::Rows(bytes)) => self.change_bytes += bytes,
+            Err(e) => {
+                warn!("commit failed: {e}");
+                self.recover_from_failed_commit(&e);
+                for a in fx.acks {
+                    let _ = a.send(Err(clone_err(&e)));
+                }
+                for (_, a) in fx.terms {
+                    let _ = a.send(Err(clone_err(&e)));
+                }
+                for a in fx.compact {
+                    let _ = a.send(Err(clone_err(&e)));
+                }
+                if let Some(s) = fx.shutdown {
+                    let _ = s.send(());
+                    return true;
+                }
+                return false;
+            }
+        }
+
+        // Durable: make it visible (so a writer reads its own write as soon as it returns),
+        // acknowledge, then tell others.
+        self.refresh_view(&mut fx, &local_values);
+        for a in fx.acks.drain(..) {
+            let _ = a.send(Ok(()));
+        }
+        for (_, a) in fx.terms.drain(..) {
+            let _ = a.send(Ok(()));
+        }
+        for a in fx.compact.drain(..) {
+            let _ = a.send(Ok(()));
+        }
+
+        if let Some(change) = local_change {
+            let msg = DataMsg::Push {
+                changes: vec![change.raw_bytes().to_vec()],
+                values: local_values.into_iter().map(|(_, v)| v).collect(),
+            };
+            let peers: Vec<_> = self.peers.keys().copied().collect();
+            for p in peers {
+                self.send(p, msg.clone(), true);
+            }
+        }
+        for (peer, msg) in std::mem::take(&mut fx.replies) {
+            self.send(peer, msg, false);
+        }
+        if fx.tick {
+            fx.poll.extend(self.peers.keys().copied());
+            if !self.pending.is_empty() && !self.peers.is_empty() {
+                let mut ps: Vec<_> = self.peers.keys().copied().collect();
+                ps.sort();
+                self.want_rotation = self.want_rotation.wrapping_add(1);
+                fx.ask.insert(ps[self.want_rotation % ps.len()]);
+            }
+        }
+        for peer in std::mem::take(&mut fx.poll) {
+            self.poll_peer(peer);
+        }
+        if !self.pending.is_empty() {
+            fx.ask.extend(fx.ask_if_pending.drain());
+        }
+        for peer in std::mem::take(&mut fx.ask) {
+            self.ask_pending(peer);
+        }
+        for (peer, reason) in fx.bad {
+            self.peers.remove(&peer);
+            let _ = self.misbehaved.send((peer, reason));
+        }
+        if let Some(s) = fx.shutdown {
+            let _ = s.send(());
+            return true;
+        }
+        false
+    }
+
+    fn handle_peer_msg(
+        &mut self,
+        peer: NodeBytes,
+        msg: DataMsg,
+        fx: &mut Effects,
+        incoming: &mut Vec<Vec<u8>>,
+    ) {
+        let Some(link) = self.peers.get_mut(&peer) else {
+            return; // raced with PeerDown
+        };
+        match link.sync.receive(&mut self.doc, msg) {
+            Ok(Received::Pushed { values }) => {
+                incoming.extend(values);
+                if self.doc.has_missing_deps() {
+                    // A gap: some earlier change never reached us. Sync to find it.
+                    fx.poll.insert(peer);
+                }
+                fx.ask_if_pending.insert(peer);
+            }
+            Ok(Received::Synced) => {
+                fx.poll.insert(peer);
+                fx.ask_if_pending.insert(peer);
+            }
+            Ok(Received::Buffered) => {}
+            Ok(Received::Values(values)) => {
+                // Only values this replica asked for are kept.
+                incoming.extend(
+                    values
+                        .into_iter()
+                        .filter(|v| self.pending.contains_key(&value_hash(v))),
+                );
+            }
+            Ok(Received::Want(hashes)) => {
+                let mut batch = Vec::new();
+                let mut size = 0;
+                for h in hashes.iter().take(MAX_WANT) {
+                    if let Ok(Some(v)) = self.store.blob(h) {
+                        size += v.len();
+                        batch.push(v);
+                        if size >= MAX_VALUES_REPLY {
+                            fx.replies.push((
+                                peer,
+                                DataMsg::Values {
+                                    values: std::mem::take(&mut batch),
+                                },
+                            ));
+                            size = 0;
+                        }
+                    }
+                }
+                if !batch.is_empty() {
+                    fx.replies.push((peer, DataMsg::Values { values: batch }));
+                }
+            }
+            Err(e) => fx.bad.push((peer, e.to_string())),
+        }
+    }
+
+    /// Brings the view up to date with the document after a commit, and emits events.
+    fn refresh_view(&mut self, fx: &mut Effects, local_values: &[(ValueHash, Vec<u8>)]) {
+        let me = self.me;
+        let local: HashMap<ValueHash, &[u8]> = local_values
+            .iter()
+            .map(|(h, v)| (*h, v.as_slice()))
+            .collect();
+        let mut touched: Vec<(String, NodeBytes)> = fx
+            .local_keys
+            .drain(..)
+            .map(|k| (k, me))
+            .chain(fx.remote_keys.drain(..))
+            .collect();
+        if let Some(origin) = fx.rescan {
+            let mut keys: HashSet<String> = self.view.keys("").into_iter().collect();
+            keys.extend(self.doc.entries().into_iter().map(|(k, _)| k));
+            touched.extend(keys.into_iter().map(|k| (k, origin)));
+        }
+        // Values that arrived release the keys waiting for them.
+        for h in &fx.arrived {
+            if let Some(keys) = self.pending.remove(h) {
+                touched.extend(keys.into_iter().map(|k| (k, me)));
+            }
+        }
+        let emit = self.events.receiver_count() > 0;
+        let mut seen = HashSet::new();
+        let mut events = Vec::new();
+        {
+            let mut map = self.view.write();
+            for (key, origin) in touched {
+                if !seen.insert(key.clone()) {
+                    continue;
+                }
+                match self.doc.get(&key) {
+                    None => {
+                        if map.remove(&key).is_some() && emit {
+                            events.push(Event::Deleted {
+                                key,
+                                origin: node_id_string(&origin),
+                            });
+                        }
+                    }
+                    Some(e) => {
+                        if map.get(&key) == Some(&e.hash) {
+                            continue;
+                        }
+                        let value = match local.get(&e.hash) {
+                            Some(v) => Some(v.to_vec()),
+                            None => self.store.blob(&e.hash).ok().flatten(),
+                        };
+                        match value {
+                            Some(v) => {
+                                map.insert(key.clone(), e.hash);
+                                if emit {
+                                    events.push(Event::Put {
+                                        key,
+                                        value: v,
+                                        origin: node_id_string(&e.origin),
+                                    });
+                                }
+                            }
+                            None => {
+                                self.pending.entry(e.hash).or_default().insert(key);
+                            }
+                        }
+                    }
+                }
+            }
+        }
+        for e in events {
+            let _ = self.events.send(e);
+        }
+    }
+
+    fn poll_peer(&mut self, peer: NodeBytes) {
+        let Some(link) = self.peers.get_mut(&peer) else {
+            return;
+        };
+        let msgs = link.sync.poll(&mut self.doc);
+        if !msgs.is_empty() {
+            debug!(peer = %node_id_string(&peer), parts = msgs.len(), "sending sync message");
+        }
+        for m in msgs {
+            self.send(peer, m, false);
+        }
+    }
+
+    fn ask_pending(&mut self, peer: NodeBytes) {
+        if self.pending.is_empty() {
+            return;
+        }
+        let hashes: Vec<ValueHash> = self.pending.keys().copied().collect();
+        for chunk in hashes.chunks(MAX_WANT) {
+            self.send(
+                peer,
+                DataMsg::Want {
+                    hashes: chunk.to_vec(),
+                },
+                false,
+            );
+        }
+    }
+
+    /// Queues a message for a peer. A push that does not fit is dropped: the next sync round
+    /// carries it. Anything else that does not fit means the peer is hopelessly behind, and its
+    /// connection is reset (it resyncs from its persisted state on reconnect).
+    fn send(&mut self, peer: NodeBytes, msg: DataMsg, droppable: bool) {
+        let Some(link) = self.peers.get(&peer) else {
+            return;
+        };
+        match link.tx.try_send(msg) {
+            Ok(()) => {}
+            Err(mpsc::error::TrySendError::Full(_)) if droppable => {
+                debug!("push to slow peer dropped; sync will carry it");
+            }
+            Err(mpsc::error::TrySendError::Full(_)) => {
+                if let Some(link) = self.peers.remove(&peer) {
+                    self.saved_sync.insert(peer, link.sync.persisted());
+                }
+                let _ = self
+                    .misbehaved
+                    .send((peer, "peer does not keep up with its send queue".into()));
+            }
+            Err(mpsc::error::TrySendError::Closed(_)) => {
+                if let Some(link) = self.peers.remove(&peer) {
+                    self.saved_sync.insert(peer, link.sync.persisted());
+                }
+            }
+        }
+    }
+
+    /// After a failed commit the in-memory document may hold changes that are not on disk:
+    /// reload it from the database, which is the truth.
+    fn recover_from_failed_commit(&mut self, e: &Error) {
+        match self.store.load_doc() {
+            Ok(stored) => {
+                match KvDoc::load(stored.snapshot.as_deref(), &stored.changes, &self.me) {
+                    Ok(doc) => {
+                        self.doc = doc;
+                        self.peers.values_mut().for_each(|l| {
+                            l.sync = PeerSync::new(Some(&l.sync.persisted()));
+                        });
+                    }
+                    Err(le) => warn!("reload after failed commit ({e}) failed: {le}"),
+                }
+            }
+            Err(le) => warn!("reload after failed commit ({e}) failed: {le}"),
+        }
+    }
+
+    fn persist_all_sync(&mut self) -> Result<()> {
+        let tx = self.store.tx()?;
+        for (peer, link) in &self.peers {
+            tx.set_peer_sync(peer, &link.sync.persisted())?;
+        }
+        tx.commit()
+    }
+}
+
+fn clone_err(e: &Error) -> Error {
+    match e {
+        Error::Corrupt { path, detail } => Error::Corrupt {
+            path: path.clone(),
+            detail: detail.clone(),
+        },
+        other => Error::Storage(other.to_string()),
+    }
+}
+
+/// A node ID in iroh's text form (lowercase hex of the public key).
+pub(crate) fn node_id_string(id: &NodeBytes) -> String {
+    data_encoding::HEXLOWER.encode(id)
+}

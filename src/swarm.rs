@@ -1,0 +1,582 @@
+//! [`Swarm`] and [`SwarmBuilder`]: the public API.
+//!
+//! A `Swarm` is a cheap handle (clone it freely) on one node: its replica thread (storage and
+//! document), its iroh endpoint and its node task (connections, election). Reads are served
+//! locally from the read view; writes go to the replica thread and return once durable.
+
+use std::{
+    net::SocketAddr,
+    path::PathBuf,
+    sync::{Arc, Mutex},
+    time::Duration,
+};
+
+use iroh::{Endpoint, EndpointAddr};
+use tokio::sync::{broadcast, mpsc, oneshot};
+
+use crate::{
+    doc::NodeBytes,
+    error::{Error, Result},
+    events::{Event, EventStream},
+    net::{self, auth::SwarmKey, ticket, NetConfig, NetHandle, NodeEvent, PeerInfo},
+    replica::{self, Command, ReadView, ReplicaConfig, WriteOp},
+    store::Durability,
+};
+
+/// Longest key, in bytes of UTF-8.
+pub const MAX_KEY_LEN: usize = 1024;
+/// Default largest value, in bytes (see [`SwarmBuilder::max_value_size`]).
+pub const DEFAULT_MAX_VALUE_SIZE: usize = 1 << 20;
+/// The highest value size limit that can be configured (a value travels in one frame).
+pub const MAX_VALUE_SIZE_LIMIT: usize = 8 << 20;
+/// The swarm name used when neither a key nor a name is given: zero-configuration nodes on one
+/// LAN find each other.
+pub const DEFAULT_SWARM_NAME: &str = "murmur-default-swarm";
+
+/// Which relay servers help peers behind NATs reach each other.
+#[derive(Debug, Clone, PartialEq, Eq, Default)]
+pub enum RelayMode {
+    /// iroh's public relay servers (the default).
+    #[default]
+    Default,
+    /// No relays: only direct connections.
+    Disabled,
+    /// Your own relay server, by URL (for example `https://relay.example.com`).
+    Custom(String),
+}
+
+impl RelayMode {
+    pub(crate) fn to_iroh(&self) -> Result<iroh::RelayMode> {
+        Ok(match self {
+            RelayMode::Default => iroh::RelayMode::Default,
+            RelayMode::Disabled => iroh::RelayMode::Disabled,
+            RelayMode::Custom(url) => {
+                let url: iroh::RelayUrl = url
+                    .parse()
+                    .map_err(|e| Error::Config(format!("relay URL {url:?}: {e}")))?;
+                iroh::RelayMode::Custom(iroh::RelayMap::from(url))
+            }
+        })
+    }
+}
+
+/// Configures and opens a [`Swarm`].
+///
+/// ```no_run
+/// # async fn run() -> murmur::Result<()> {
+/// use std::time::Duration;
+/// let swarm = murmur::Swarm::builder()
+///     .storage_path("./data")
+///     .swarm_name("my-team")
+///     .heartbeat_interval(Duration::from_millis(500))
+///     .leader_timeout(Duration::from_secs(2))
+///     .build()
+///     .await?;
+/// # Ok(()) }
+/// ```
+#[derive(Debug, Clone)]
+pub struct SwarmBuilder {
+    storage_path: PathBuf,
+    swarm_key: Option<SwarmKey>,
+    bootstrap: Vec<String>,
+    bind_addr: Option<SocketAddr>,
+    relay_mode: RelayMode,
+    local_discovery: bool,
+    heartbeat_interval: Duration,
+    leader_timeout: Duration,
+    durability: Durability,
+    max_value_size: usize,
+    max_peers: usize,
+}
+
+impl Default for SwarmBuilder {
+    fn default() -> Self {
+        SwarmBuilder {
+            storage_path: PathBuf::from("./murmur_data"),
+            swarm_key: None,
+            bootstrap: Vec::new(),
+            bind_addr: None,
+            relay_mode: RelayMode::Default,
+            local_discovery: true,
+            heartbeat_interval: Duration::from_secs(2),
+            leader_timeout: Duration::from_secs(5),
+            durability: Durability::Full,
+            max_value_size: DEFAULT_MAX_VALUE_SIZE,
+            max_peers: 64,
+        }
+    }
+}
+
+impl SwarmBuilder {
+    /// The data directory (created if missing). Default `./murmur_data`.
+    pub fn storage_path(mut self, path: impl Into<PathBuf>) -> Self {
+        self.storage_path = path.into();
+        self
+    }
+
+    /// The 32-byte secret shared by the members of the swarm. Peers that cannot prove they hold
+    /// it are refused before any data flows.
+    pub fn swarm_key(mut self, key: [u8; 32]) -> Self {
+        self.swarm_key = Some(SwarmKey::from_bytes(key));
+        self
+    }
+
+    /// Derives the swarm key from a name: an open swarm that anyone knowing the name can join.
+    pub fn swarm_name(mut self, name: &str) -> Self {
+        self.swarm_key = Some(SwarmKey::from_name(name));
+        self
+    }
+
+    /// Peers to join through: tickets from [`Swarm::ticket`], `<node-id>@<ip>:<port>`, or
+    /// bare node IDs (reachable through local discovery). Adds to earlier calls.
+    pub fn bootstrap<I, S>(mut self, peers: I) -> Self
+    where
+        I: IntoIterator<Item = S>,
+        S: Into<String>,
+    {
+        self.bootstrap.extend(peers.into_iter().map(Into::into));
+        self
+    }
+
+    /// The local UDP socket address. Default: all interfaces, a random port (IPv4 and IPv6).
+    pub fn bind_addr(mut self, addr: SocketAddr) -> Self {
+        self.bind_addr = Some(addr);
+        self
+    }
+
+    /// Relay servers to use. Default: iroh's public relays.
+    pub fn relay_mode(mut self, mode: RelayMode) -> Self {
+        self.relay_mode = mode;
+        self
+    }
+
+    /// Finds peers of the same swarm on the LAN with mDNS. Default on.
+    pub fn local_discovery(mut self, on: bool) -> Self {
+        self.local_discovery = on;
+        self
+    }
+
+    /// How often the leader sends heartbeats. Default 2 s.
+    pub fn heartbeat_interval(mut self, d: Duration) -> Self {
+        self.heartbeat_interval = d;
+        self
+    }
+
+    /// How long without a heartbeat before the leader is presumed gone. Default 5 s; must be
+    /// greater than the heartbeat interval.
+    pub fn leader_timeout(mut self, d: Duration) -> Self {
+        self.leader_timeout = d;
+        self
+    }
+
+    /// What a returned write survives. Default [`Durability::Full`].
+    pub fn durability(mut self, d: Durability) -> Self {
+        self.durability = d;
+        self
+    }
+
+    /// Largest value accepted by `put`, in bytes. Default 1 MiB, at most 8 MiB.
+    pub fn max_value_size(mut self, bytes: usize) -> Self {
+        self.max_value_size = bytes;
+        self
+    }
+
+    /// Most peers connected at once (the full mesh is bounded by this). Default 64.
+    pub fn max_peers(mut self, n: usize) -> Self {
+        self.max_peers = n;
+        self
+    }
+
+    /// Opens the data directory and binds the endpoint. Networking starts with
+    /// [`Swarm::start`].
+    pub async fn build(self) -> Result<Swarm> {
+        if self.heartbeat_interval.is_zero() || self.leader_timeout <= self.heartbeat_interval {
+            return Err(Error::Config(format!(
+                "leader_timeout ({:?}) must be greater than heartbeat_interval ({:?}), which must not be zero",
+                self.leader_timeout, self.heartbeat_interval
+            )));
+        }
+        if self.max_value_size == 0 || self.max_value_size > MAX_VALUE_SIZE_LIMIT {
+            return Err(Error::Config(format!(
+                "max_value_size must be between 1 and {MAX_VALUE_SIZE_LIMIT} bytes, not {}",
+                self.max_value_size
+            )));
+        }
+        if self.max_peers == 0 {
+            return Err(Error::Config("max_peers must be at least 1".into()));
+        }
+        let bootstrap = self
+            .bootstrap
+            .iter()
+            .map(|s| ticket::parse(s))
+            .collect::<Result<Vec<_>>>()?;
+        self.relay_mode.to_iroh()?;
+
+        let (events, _) = broadcast::channel(4096);
+        let (misbehaved_tx, misbehaved_rx) = mpsc::unbounded_channel();
+        let cfg = ReplicaConfig {
+            dir: self.storage_path.clone(),
+            durability: self.durability,
+            events: events.clone(),
+            misbehaved: misbehaved_tx,
+        };
+        let opened = tokio::task::spawn_blocking(move || replica::spawn(cfg))
+            .await
+            .map_err(|e| Error::Storage(format!("opening the store panicked: {e}")))??;
+        let known: Vec<EndpointAddr> = opened
+            .peer_addrs
+            .iter()
+            .filter_map(|(_, a)| postcard::from_bytes(a).ok())
+            .collect();
+        let net_cfg = NetConfig {
+            swarm_key: self
+                .swarm_key
+                .clone()
+                .unwrap_or_else(|| SwarmKey::from_name(DEFAULT_SWARM_NAME)),
+            bind_addr: self.bind_addr,
+            relay_mode: self.relay_mode.clone(),
+            local_discovery: self.local_discovery,
+            heartbeat_interval: self.heartbeat_interval,
+            leader_timeout: self.leader_timeout,
+            max_peers: self.max_peers,
+            bootstrap,
+        };
+        let endpoint = match net::bind_endpoint(opened.secret_key, &net_cfg).await {
+            Ok(ep) => ep,
+            Err(e) => {
+                stop_replica(&opened.tx).await;
+                let _ = tokio::task::spawn_blocking(move || opened.thread.join()).await;
+                return Err(e);
+            }
+        };
+        let me: NodeBytes = *endpoint.id().as_bytes();
+        Ok(Swarm {
+            inner: Arc::new(Inner {
+                me,
+                node_id: endpoint.id().to_string(),
+                endpoint,
+                replica_tx: opened.tx,
+                view: opened.view,
+                events,
+                max_value_size: self.max_value_size,
+                state: Mutex::new(State::Built(Box::new(Pending {
+                    cfg: net_cfg,
+                    term: opened.term,
+                    known,
+                    misbehaved: misbehaved_rx,
+                }))),
+                thread: Mutex::new(Some(opened.thread)),
+            }),
+        })
+    }
+}
+
+async fn stop_replica(tx: &mpsc::Sender<Command>) {
+    let (reply, done) = oneshot::channel();
+    if tx.send(Command::Shutdown { reply }).await.is_ok() {
+        let _ = done.await;
+    }
+}
+
+/// What `start` needs, kept from `build`.
+struct Pending {
+    cfg: NetConfig,
+    term: u64,
+    known: Vec<EndpointAddr>,
+    misbehaved: mpsc::UnboundedReceiver<(NodeBytes, String)>,
+}
+
+enum State {
+    Built(Box<Pending>),
+    Running(NetHandle),
+    Closed,
+}
+
+struct Inner {
+    me: NodeBytes,
+    node_id: String,
+    endpoint: Endpoint,
+    replica_tx: mpsc::Sender<Command>,
+    view: Arc<ReadView>,
+    events: broadcast::Sender<Event>,
+    max_value_size: usize,
+    state: Mutex<State>,
+    thread: Mutex<Option<std::thread::JoinHandle<()>>>,
+}
+
+impl Drop for Inner {
+    fn drop(&mut self) {
+        // Dropped without shutdown(): stop the tasks; the replica thread stops when its queue
+        // closes (it persists sync state on the way out).
+        let state = std::mem::replace(
+            self.state.get_mut().unwrap_or_else(|p| p.into_inner()),
+            State::Closed,
+        );
+        if let State::Running(net) = state {
+            let (tx, _rx) = oneshot::channel();
+            let _ = net.node_tx.try_send(NodeEvent::Shutdown(tx));
+        } else if !matches!(state, State::Closed) {
+            let ep = self.endpoint.clone();
+            if let Ok(h) = tokio::runtime::Handle::try_current() {
+                h.spawn(async move { ep.close().await });
+            }
+        }
+    }
+}
+
+/// One node of a swarm: a full replica of the shared key-value map.
+///
+/// ```no_run
+/// # async fn run() -> murmur::Result<()> {
+/// use murmur::Swarm;
+/// let swarm = Swarm::builder().storage_path("./data").build().await?;
+/// swarm.start().await?;                       // begins networking and election
+/// swarm.put("user:123", b"Alice").await?;
+/// assert_eq!(swarm.get("user:123").await?, Some(b"Alice".to_vec()));
+/// swarm.delete("user:123").await?;
+/// println!("leader: {:?}, me: {}", swarm.leader_id().await, swarm.node_id());
+/// swarm.shutdown().await?;
+/// # Ok(()) }
+/// ```
+#[derive(Clone)]
+pub struct Swarm {
+    inner: Arc<Inner>,
+}
+
+impl std::fmt::Debug for Swarm {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Swarm")
+            .field("node_id", &self.inner.node_id)
+            .finish_non_exhaustive()
+    }
+}
+
+/// Checks a key against the rules of DESIGN.md §3.
+pub(crate) fn check_key(key: &str) -> Result<()> {
+    let reason = if key.is_empty() {
+        "the key is empty".to_string()
+    } else if key.len() > MAX_KEY_LEN {
+        format!("the key is {} bytes long", key.len())
+    } else if key.contains('\0') {
+        "the key contains a NUL character".to_string()
+    } else {
+        return Ok(());
+    };
+    Err(Error::InvalidKey { reason })
+}
+
+impl Swarm {
+    /// A builder with the defaults of DESIGN.md §2.
+    pub fn builder() -> SwarmBuilder {
+        SwarmBuilder::default()
+    }
+
+    fn check_open(&self) -> Result<()> {
+        match &*self.lock_state() {
+            State::Closed => Err(Error::Closed),
+            _ => Ok(()),
+        }
+    }
+
+    fn lock_state(&self) -> std::sync::MutexGuard<'_, State> {
+        self.inner.state.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
+    /// Begins networking and leader election: accepts connections, dials the bootstrap peers
+    /// and the peers remembered from earlier runs. Calling it again does nothing.
+    pub async fn start(&self) -> Result<()> {
+        let mut state = self.lock_state();
+        let pending = match std::mem::replace(&mut *state, State::Closed) {
+            State::Built(p) => p,
+            State::Running(net) => {
+                *state = State::Running(net);
+                return Ok(());
+            }
+            State::Closed => return Err(Error::Closed),
+        };
+        let Pending {
+            cfg,
+            term,
+            known,
+            misbehaved,
+        } = *pending;
+        let net = net::start(
+            self.inner.endpoint.clone(),
+            cfg,
+            term,
+            known,
+            self.inner.replica_tx.clone(),
+            misbehaved,
+            self.inner.events.clone(),
+        );
+        *state = State::Running(net);
+        Ok(())
+    }
+
+    async fn write(&self, ops: Vec<WriteOp>) -> Result<()> {
+        self.check_open()?;
+        let (reply, rx) = oneshot::channel();
+        self.inner
+            .replica_tx
+            .send(Command::Write { ops, reply })
+            .await
+            .map_err(|_| Error::Closed)?;
+        rx.await.map_err(|_| Error::Closed)?
+    }
+
+    /// Sets `key` to `value`. Returns once the write is durable locally (see
+    /// [`SwarmBuilder::durability`]); it reaches connected peers at once and others when they
+    /// reconnect.
+    pub async fn put(&self, key: &str, value: impl AsRef<[u8]>) -> Result<()> {
+        check_key(key)?;
+        let value = value.as_ref();
+        if value.len() > self.inner.max_value_size {
+            return Err(Error::ValueTooLarge {
+                size: value.len(),
+                max: self.inner.max_value_size,
+            });
+        }
+        self.write(vec![WriteOp::Put {
+            key: key.to_string(),
+            value: value.to_vec(),
+        }])
+        .await
+    }
+
+    /// The value of `key` in the local replica.
+    pub async fn get(&self, key: &str) -> Result<Option<Vec<u8>>> {
+        check_key(key)?;
+        self.check_open()?;
+        self.inner.view.get(key)
+    }
+
+    /// Deletes `key` (deleting an absent key succeeds and changes nothing). Durable on return.
+    pub async fn delete(&self, key: &str) -> Result<()> {
+        check_key(key)?;
+        self.write(vec![WriteOp::Delete {
+            key: key.to_string(),
+        }])
+        .await
+    }
+
+    /// Keys of the local replica that start with `prefix` (all keys for `""`), in byte order.
+    pub async fn keys(&self, prefix: &str) -> Result<Vec<String>> {
+        self.check_open()?;
+        Ok(self.inner.view.keys(prefix))
+    }
+
+    /// Number of keys in the local replica.
+    pub async fn len(&self) -> Result<usize> {
+        self.check_open()?;
+        Ok(self.inner.view.len())
+    }
+
+    /// Whether the local replica holds no key.
+    pub async fn is_empty(&self) -> Result<bool> {
+        Ok(self.len().await? == 0)
+    }
+
+    fn leader_state(&self) -> net::LeaderState {
+        match &*self.lock_state() {
+            State::Running(net) => net.leader.borrow().clone(),
+            _ => net::LeaderState::default(),
+        }
+    }
+
+    /// Whether this node is the leader.
+    pub async fn is_leader(&self) -> bool {
+        self.leader_state().is_me
+    }
+
+    /// The leader's node ID, if one is known.
+    pub async fn leader_id(&self) -> Option<String> {
+        self.leader_state()
+            .leader
+            .map(|l| replica::node_id_string(&l))
+    }
+
+    /// The current leader's term (0 before any leader is known): strictly increasing across
+    /// leader changes, persisted, usable as a fencing token.
+    pub async fn leader_term(&self) -> u64 {
+        self.leader_state().term
+    }
+
+    /// This node's ID: its iroh endpoint ID (an ed25519 public key, hex). Stable across
+    /// restarts from the same data directory.
+    pub fn node_id(&self) -> String {
+        self.inner.node_id.clone()
+    }
+
+    /// What another node passes to [`SwarmBuilder::bootstrap`] to join through this one: the
+    /// node ID and its current addresses.
+    pub fn ticket(&self) -> String {
+        ticket::encode(&self.inner.endpoint.addr())
+    }
+
+    /// The peers this node knows: connected or not, direct or relayed, round-trip time.
+    pub async fn peers(&self) -> Vec<PeerInfo> {
+        let tx = match &*self.lock_state() {
+            State::Running(net) => net.node_tx.clone(),
+            _ => return Vec::new(),
+        };
+        let (reply, rx) = oneshot::channel();
+        if tx.send(NodeEvent::Peers(reply)).await.is_err() {
+            return Vec::new();
+        }
+        rx.await.unwrap_or_default()
+    }
+
+    /// Subscribes to events: every put and delete (local or remote, with its origin), leader
+    /// changes, peers coming and going.
+    pub fn subscribe(&self) -> EventStream {
+        EventStream::new(self.inner.events.subscribe())
+    }
+
+    /// Folds the stored change history into a snapshot now and drops values no longer
+    /// referenced (this also happens automatically as history grows).
+    pub async fn compact(&self) -> Result<()> {
+        self.check_open()?;
+        let (reply, rx) = oneshot::channel();
+        self.inner
+            .replica_tx
+            .send(Command::Compact { reply })
+            .await
+            .map_err(|_| Error::Closed)?;
+        rx.await.map_err(|_| Error::Closed)?
+    }
+
+    /// Stops gracefully: closes connections (peers see this node leave at once), persists
+    /// per-peer sync state, closes the database and releases the data directory. Every call
+    /// afterwards, on any clone of this handle, fails with [`Error::Closed`].
+    pub async fn shutdown(&self) -> Result<()> {
+        let prev = std::mem::replace(&mut *self.lock_state(), State::Closed);
+        match prev {
+            State::Closed => return Err(Error::Closed),
+            State::Running(net) => {
+                let (tx, rx) = oneshot::channel();
+                if net.node_tx.send(NodeEvent::Shutdown(tx)).await.is_ok() {
+                    let _ = rx.await;
+                }
+                let _ = net.task.await;
+            }
+            State::Built(_) => self.inner.endpoint.close().await,
+        }
+        stop_replica(&self.inner.replica_tx).await;
+        let thread = self
+            .inner
+            .thread
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .take();
+        if let Some(t) = thread {
+            let _ = tokio::task::spawn_blocking(move || t.join()).await;
+        }
+        Ok(())
+    }
+
+    /// The raw node ID bytes (crate-internal).
+    #[allow(dead_code)]
+    pub(crate) fn node_bytes(&self) -> NodeBytes {
+        self.inner.me
+    }
+}

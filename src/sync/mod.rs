@@ -1,0 +1,196 @@
+//! Per-peer replication logic, as a sans-IO state machine.
+//!
+//! Two mechanisms keep replicas converging (DESIGN.md §4):
+//! - **Push**: every change a node commits is sent at once, as raw automerge change bytes with the
+//!   values it references, to every connected peer. One message, no round trip: this is the fast
+//!   path that sets replication latency.
+//! - **Automerge sync**: on (re)connect, after a gap (a pushed change whose dependencies are
+//!   missing), and periodically as anti-entropy, the automerge sync protocol runs to find and
+//!   exchange whatever the two replicas still lack. Its per-peer state is persisted so a
+//!   reconnect starts from the last shared heads instead of a full bloom filter.
+//!
+//! Values are not in the document (see [`crate::doc`]): a replica that learns of a value hash it
+//! does not hold asks the peer for it with [`DataMsg::Want`]. The replica layer does that part,
+//! since it owns the value store.
+//!
+//! [`PeerSync`] does no I/O and has no clock: the caller feeds it received messages and asks it
+//! for messages to send. `tests` drives several replicas through a simulated network with
+//! message loss and disconnects.
+
+use automerge::{sync, Change};
+use serde::{Deserialize, Serialize};
+
+use crate::doc::{KvDoc, ValueHash};
+
+/// Largest part of an automerge sync message carried in one frame. Larger messages (a whole
+/// document sent to a new peer) are split into parts and reassembled.
+pub(crate) const SYNC_PART: usize = 1 << 20;
+
+/// Largest reassembled sync message accepted from a peer.
+pub(crate) const MAX_SYNC_MESSAGE: usize = 512 << 20;
+
+/// Messages of the data stream (after authentication).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub(crate) enum DataMsg {
+    /// Changes just committed by the sender, with the values they put.
+    Push {
+        /// Raw automerge changes.
+        changes: Vec<Vec<u8>>,
+        /// Value bytes; the receiver hashes them itself.
+        values: Vec<Vec<u8>>,
+    },
+    /// A part of an automerge sync message; parts are concatenated until `last`.
+    Sync {
+        /// The bytes of this part.
+        part: Vec<u8>,
+        /// Whether this is the final part.
+        last: bool,
+    },
+    /// A request for the values with these hashes.
+    Want {
+        /// Hashes requested.
+        hashes: Vec<ValueHash>,
+    },
+    /// Values (the answer to a `Want`).
+    Values {
+        /// Value bytes; the receiver hashes them itself.
+        values: Vec<Vec<u8>>,
+    },
+}
+
+/// A peer broke the protocol: the connection is closed.
+#[derive(Debug, thiserror::Error)]
+pub(crate) enum SyncError {
+    #[error("malformed change from peer: {0}")]
+    BadChange(String),
+    #[error("{0}")]
+    BadSync(String),
+    #[error("sync message larger than {MAX_SYNC_MESSAGE} bytes")]
+    TooLarge,
+}
+
+/// What a received message means for the caller.
+#[derive(Debug, PartialEq, Eq)]
+pub(crate) enum Received {
+    /// Pushed changes were applied; `values` came with them. The caller stores the values and
+    /// records the new changes. If the document now has changes waiting for missing
+    /// dependencies (a gap), it calls [`PeerSync::poll`] to start a sync round.
+    Pushed {
+        /// Values sent with the changes.
+        values: Vec<Vec<u8>>,
+    },
+    /// A sync message was applied: the caller records the new changes and calls
+    /// [`PeerSync::poll`], since a reply is usually due.
+    Synced,
+    /// Part of a sync message was buffered; nothing to do yet.
+    Buffered,
+    /// The peer sent values (answering a `Want`).
+    Values(Vec<Vec<u8>>),
+    /// The peer wants these values.
+    Want(Vec<ValueHash>),
+}
+
+/// Replication state for one connected peer.
+pub(crate) struct PeerSync {
+    state: sync::State,
+    /// Parts of a sync message received so far.
+    partial: Vec<u8>,
+    /// Largest part sent (SYNC_PART; smaller in tests).
+    part_size: usize,
+}
+
+impl PeerSync {
+    /// Starts from a persisted state (see [`PeerSync::persisted`]), or fresh.
+    pub fn new(persisted: Option<&[u8]>) -> Self {
+        let state = persisted
+            .and_then(|b| sync::State::decode(b).ok())
+            .unwrap_or_default();
+        PeerSync {
+            state,
+            partial: Vec::new(),
+            part_size: SYNC_PART,
+        }
+    }
+
+    /// Same, sending sync messages in parts of at most `part_size` bytes.
+    #[cfg(test)]
+    pub fn with_part_size(part_size: usize) -> Self {
+        PeerSync {
+            part_size,
+            ..PeerSync::new(None)
+        }
+    }
+
+    /// What to persist so that the next connection resumes from the heads shared now.
+    pub fn persisted(&self) -> Vec<u8> {
+        self.state.encode()
+    }
+
+    /// The messages of the next sync round, if the protocol has anything to say (called on
+    /// connect, after applying a received message, after a gap and on anti-entropy ticks).
+    pub fn poll(&mut self, doc: &mut KvDoc) -> Vec<DataMsg> {
+        match doc.generate_sync_message(&mut self.state) {
+            None => Vec::new(),
+            Some(bytes) => split_sync(bytes, self.part_size),
+        }
+    }
+
+    /// Handles a message from the peer.
+    pub fn receive(&mut self, doc: &mut KvDoc, msg: DataMsg) -> Result<Received, SyncError> {
+        match msg {
+            DataMsg::Push { changes, values } => {
+                let parsed = changes
+                    .into_iter()
+                    .map(Change::from_bytes)
+                    .collect::<Result<Vec<_>, _>>()
+                    .map_err(|e| SyncError::BadChange(e.to_string()))?;
+                doc.apply_changes(parsed)
+                    .map_err(|e| SyncError::BadChange(e.to_string()))?;
+                Ok(Received::Pushed { values })
+            }
+            DataMsg::Sync { part, last } => {
+                if self.partial.len() + part.len() > MAX_SYNC_MESSAGE {
+                    self.partial = Vec::new();
+                    return Err(SyncError::TooLarge);
+                }
+                if !last {
+                    self.partial.extend_from_slice(&part);
+                    return Ok(Received::Buffered);
+                }
+                let whole = if self.partial.is_empty() {
+                    part
+                } else {
+                    let mut w = std::mem::take(&mut self.partial);
+                    w.extend_from_slice(&part);
+                    w
+                };
+                doc.receive_sync_message(&mut self.state, &whole)
+                    .map_err(SyncError::BadSync)?;
+                Ok(Received::Synced)
+            }
+            DataMsg::Want { hashes } => Ok(Received::Want(hashes)),
+            DataMsg::Values { values } => Ok(Received::Values(values)),
+        }
+    }
+}
+
+fn split_sync(bytes: Vec<u8>, part_size: usize) -> Vec<DataMsg> {
+    if bytes.len() <= part_size {
+        return vec![DataMsg::Sync {
+            part: bytes,
+            last: true,
+        }];
+    }
+    let n = bytes.len().div_ceil(part_size);
+    bytes
+        .chunks(part_size)
+        .enumerate()
+        .map(|(i, c)| DataMsg::Sync {
+            part: c.to_vec(),
+            last: i + 1 == n,
+        })
+        .collect()
+}
+
+#[cfg(test)]
+mod tests;

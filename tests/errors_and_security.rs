@@ -1,0 +1,176 @@
+//! Bad input, misuse and intruders: each gets a clear error and changes nothing.
+
+mod common;
+
+use common::*;
+use murmur::{Error, Swarm};
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn invalid_keys_and_oversized_values_are_refused_and_change_nothing() {
+    let d = tempfile::tempdir().unwrap();
+    let s = builder(d.path())
+        .max_value_size(1000)
+        .build()
+        .await
+        .unwrap();
+    let long = "k".repeat(1025);
+    for bad in ["", long.as_str(), "nul\0inside"] {
+        assert!(
+            matches!(s.put(bad, b"v").await, Err(Error::InvalidKey { .. })),
+            "{bad:?}"
+        );
+        assert!(matches!(s.get(bad).await, Err(Error::InvalidKey { .. })));
+        assert!(matches!(s.delete(bad).await, Err(Error::InvalidKey { .. })));
+    }
+    // 1024 bytes is fine, including multi-byte UTF-8.
+    s.put(&"é".repeat(512), b"ok").await.unwrap();
+    match s.put("big", vec![0u8; 1001]).await {
+        Err(Error::ValueTooLarge {
+            size: 1001,
+            max: 1000,
+        }) => {}
+        other => panic!("expected ValueTooLarge, got {other:?}"),
+    }
+    s.put("exact", vec![1u8; 1000]).await.unwrap();
+    assert_eq!(s.keys("").await.unwrap().len(), 2);
+    assert_eq!(s.get("big").await.unwrap(), None);
+    let msg = Error::ValueTooLarge { size: 2, max: 1 }.to_string();
+    assert!(
+        msg.contains("max_value_size"),
+        "error says what to do: {msg}"
+    );
+    s.shutdown().await.unwrap();
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn every_call_after_shutdown_fails_with_closed() {
+    let d = tempfile::tempdir().unwrap();
+    let s = node(d.path(), &[]).await;
+    let clone = s.clone();
+    s.put("k", b"v").await.unwrap();
+    s.shutdown().await.unwrap();
+    assert!(matches!(clone.put("k", b"v").await, Err(Error::Closed)));
+    assert!(matches!(clone.get("k").await, Err(Error::Closed)));
+    assert!(matches!(clone.delete("k").await, Err(Error::Closed)));
+    assert!(matches!(clone.keys("").await, Err(Error::Closed)));
+    assert!(matches!(clone.start().await, Err(Error::Closed)));
+    assert!(matches!(clone.shutdown().await, Err(Error::Closed)));
+    assert!(!clone.is_leader().await);
+    assert_eq!(clone.leader_id().await, None);
+    // The directory is released: it opens again, with the data.
+    let again = builder(d.path()).build().await.unwrap();
+    assert_eq!(again.get("k").await.unwrap(), Some(b"v".to_vec()));
+    again.shutdown().await.unwrap();
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_second_open_of_a_directory_fails_with_locked() {
+    let d = tempfile::tempdir().unwrap();
+    let s = builder(d.path()).build().await.unwrap();
+    s.put("k", b"v").await.unwrap();
+    match builder(d.path()).build().await {
+        Err(Error::Locked { path }) => assert_eq!(path, d.path()),
+        other => panic!("expected Locked, got {other:?}"),
+    }
+    assert_eq!(s.get("k").await.unwrap(), Some(b"v".to_vec()));
+    s.shutdown().await.unwrap();
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_corrupt_database_is_reported_and_left_untouched() {
+    let d = tempfile::tempdir().unwrap();
+    let s = builder(d.path()).build().await.unwrap();
+    s.put("k", b"v").await.unwrap();
+    s.shutdown().await.unwrap();
+    let db = d.path().join("murmur.sqlite3");
+    // Checkpointed on close; overwrite the header and first pages with garbage.
+    let mut bytes = std::fs::read(&db).unwrap();
+    for b in bytes.iter_mut().take(4096) {
+        *b = 0x5A;
+    }
+    std::fs::write(&db, &bytes).unwrap();
+    let _ = std::fs::remove_file(d.path().join("murmur.sqlite3-wal"));
+    match builder(d.path()).build().await {
+        Err(e @ Error::Corrupt { .. }) => {
+            assert!(e.to_string().contains("resync"), "says what to do: {e}")
+        }
+        other => panic!("expected Corrupt, got {other:?}"),
+    }
+    assert_eq!(
+        std::fs::read(&db).unwrap(),
+        bytes,
+        "the file was not modified"
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn bad_configuration_and_tickets_are_refused() {
+    let d = tempfile::tempdir().unwrap();
+    let bad = builder(d.path())
+        .heartbeat_interval(std::time::Duration::from_secs(2))
+        .leader_timeout(std::time::Duration::from_secs(1));
+    assert!(matches!(bad.build().await, Err(Error::Config(_))));
+    let bad = builder(d.path()).bootstrap(["not a ticket"]);
+    assert!(matches!(
+        bad.build().await,
+        Err(Error::InvalidTicket { .. })
+    ));
+    let bad = builder(d.path()).max_value_size(usize::MAX);
+    assert!(matches!(bad.build().await, Err(Error::Config(_))));
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_node_with_the_wrong_swarm_key_is_refused_and_learns_nothing() {
+    let (da, db, dx) = (
+        tempfile::tempdir().unwrap(),
+        tempfile::tempdir().unwrap(),
+        tempfile::tempdir().unwrap(),
+    );
+    let a = node(da.path(), &[]).await;
+    a.put("secret", b"members only").await.unwrap();
+    let b = node(db.path(), &[a.ticket()]).await;
+    // The intruder knows A's address but holds another key.
+    let x: Swarm = builder(dx.path())
+        .swarm_key([9u8; 32])
+        .bootstrap([a.ticket()])
+        .build()
+        .await
+        .unwrap();
+    x.start().await.unwrap();
+    x.put("intruder", b"write").await.unwrap();
+    // The member joins and syncs; by then the intruder has had the same chance.
+    converge(&[&a, &b]).await;
+    wait_until("member B has the secret", || async {
+        b.get("secret").await.unwrap().is_some()
+    })
+    .await;
+    // Give the intruder's dial loop several attempts (each is refused at the handshake).
+    let deadline = tokio::time::Instant::now() + LEADER_TIMEOUT * 4;
+    while tokio::time::Instant::now() < deadline {
+        assert_eq!(
+            x.get("secret").await.unwrap(),
+            None,
+            "intruder learned data"
+        );
+        assert_eq!(
+            a.get("intruder").await.unwrap(),
+            None,
+            "intruder wrote data"
+        );
+        tokio::time::sleep(std::time::Duration::from_millis(50)).await;
+    }
+    assert!(x.peers().await.iter().all(|p| !p.connected));
+    assert!(a
+        .peers()
+        .await
+        .iter()
+        .all(|p| p.id != x.node_id() || !p.connected));
+    assert_eq!(
+        x.leader_id().await,
+        Some(x.node_id()),
+        "alone, it leads only itself"
+    );
+    for n in [a, b, x] {
+        n.shutdown().await.unwrap();
+    }
+}
