@@ -20,7 +20,10 @@ async fn main() -> murmur::Result<()> {
 
     swarm.put("user:123", b"Alice").await?;
     let value = swarm.get("user:123").await?;
-    println!("user:123 = {:?}", value.as_deref().map(String::from_utf8_lossy));
+    println!(
+        "user:123 = {:?}",
+        value.as_deref().map(String::from_utf8_lossy)
+    );
     swarm.delete("user:123").await?;
     println!("after delete: {:?}", swarm.get("user:123").await?);
 

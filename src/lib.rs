@@ -23,6 +23,7 @@
 //! - `sync`: sans-IO per-peer replication (push + automerge sync).
 //! - `election`: sans-IO Bully election with terms.
 //! - `net`: iroh endpoint, handshake, framing, peer table, election driver.
+//! - [`ffi`]: the C ABI and the uniffi objects, on one library-owned runtime.
 
 #![warn(missing_docs)]
 
@@ -30,6 +31,7 @@ pub(crate) mod doc;
 pub mod election;
 mod error;
 mod events;
+pub mod ffi;
 pub(crate) mod net;
 pub(crate) mod replica;
 pub(crate) mod store;
@@ -44,3 +46,5 @@ pub use swarm::{
     RelayMode, Swarm, SwarmBuilder, DEFAULT_MAX_VALUE_SIZE, DEFAULT_SWARM_NAME, MAX_KEY_LEN,
     MAX_VALUE_SIZE_LIMIT,
 };
+
+uniffi::setup_scaffolding!();

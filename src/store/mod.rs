@@ -118,9 +118,11 @@ impl Store {
         match store.meta_i64("schema_version")? {
             None => store.set_meta("schema_version", &SCHEMA_VERSION.to_be_bytes())?,
             Some(SCHEMA_VERSION) => {}
-            Some(v) => return Err(corrupt(format!(
+            Some(v) => {
+                return Err(corrupt(format!(
                 "schema version {v} is not supported by this version of Murmur ({SCHEMA_VERSION})"
-            ))),
+            )))
+            }
         }
         Ok(store)
     }

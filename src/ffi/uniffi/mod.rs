@@ -1,0 +1,1 @@
+//! uniffi objects for the Python, Kotlin and Swift bindings.
