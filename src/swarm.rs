@@ -513,6 +513,22 @@ impl Swarm {
         ticket::encode(&self.inner.endpoint.addr())
     }
 
+    /// This node's current addresses, as text: `ip:port` for each direct address and the URL of
+    /// its home relay once connected to it. (The same information as the ticket, readable.)
+    pub fn addrs(&self) -> Vec<String> {
+        self.inner
+            .endpoint
+            .addr()
+            .addrs
+            .iter()
+            .filter_map(|a| match a {
+                iroh::TransportAddr::Ip(s) => Some(s.to_string()),
+                iroh::TransportAddr::Relay(u) => Some(u.to_string()),
+                _ => None,
+            })
+            .collect()
+    }
+
     /// The peers this node knows: connected or not, direct or relayed, round-trip time.
     pub async fn peers(&self) -> Vec<PeerInfo> {
         let tx = match &*self.lock_state() {

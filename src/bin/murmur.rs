@@ -142,9 +142,11 @@ const HELP: &str = "commands:
   del <key>            delete a key
   list [prefix]        list keys and values
   count                number of keys
+  digest               number of keys and a hash of every key and value (equal digests: equal maps)
   peers                known peers: connected, direct or relayed, round-trip time
   leader               the leader, its term, and whether it is this node
   ticket               this node's ticket
+  addrs                this node's addresses (direct ones, and its home relay once connected)
   id                   this node's ID
   watch on|off         print events as they happen
   quit                 shut down gracefully";
@@ -181,6 +183,18 @@ async fn execute(swarm: &Swarm, line: &str, watch: &mut bool) -> bool {
                 }
             }
             "count" => println!("{}", swarm.len().await?),
+            "digest" => {
+                let mut h = blake3::Hasher::new();
+                let keys = swarm.keys("").await?;
+                for k in &keys {
+                    let v = swarm.get(k).await?.unwrap_or_default();
+                    for part in [k.as_bytes(), &v] {
+                        h.update(&(part.len() as u64).to_be_bytes());
+                        h.update(part);
+                    }
+                }
+                println!("{} {}", keys.len(), &h.finalize().to_hex()[..16]);
+            }
             "peers" => {
                 for p in swarm.peers().await {
                     let path = match p.path {
@@ -208,6 +222,7 @@ async fn execute(swarm: &Swarm, line: &str, watch: &mut bool) -> bool {
                 swarm.is_leader().await
             ),
             "ticket" => println!("{}", swarm.ticket()),
+            "addrs" => println!("{}", swarm.addrs().join(" ")),
             "id" => println!("{}", swarm.node_id()),
             "watch" => {
                 *watch = rest != "off";

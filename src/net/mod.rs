@@ -47,11 +47,12 @@ use crate::{
 const RECONNECT_CHECK: Duration = Duration::from_millis(200);
 /// First and longest wait between dials of an unreachable peer.
 const BACKOFF_MIN: Duration = Duration::from_millis(250);
-const BACKOFF_MAX: Duration = Duration::from_secs(5);
+const BACKOFF_MAX: Duration = Duration::from_secs(2);
 /// Anti-entropy period: a sync round with every peer, re-requests of missing values.
 const ANTI_ENTROPY: Duration = Duration::from_secs(1);
-/// Longest wait for a QUIC connection to be established.
-const DIAL_TIMEOUT: Duration = Duration::from_secs(10);
+/// Longest wait for a QUIC connection to be established. Short, because while a dial is in
+/// flight that peer is not dialed again: after a partition heals, reconnection waits for it.
+const DIAL_TIMEOUT: Duration = Duration::from_secs(3);
 
 /// Networking options, resolved from the builder.
 #[derive(Debug, Clone)]

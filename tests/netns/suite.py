@@ -1,0 +1,437 @@
+#!/usr/bin/env python3
+"""Multi-host reliability suite: real `murmur` processes in network namespaces.
+
+Creates its own namespaces (prefix `mmt-`): a switch namespace with bridges, five node hosts on
+one bridge (10.213.0.1-5), a relay host (a local iroh relay on 10.213.0.100) and a sixth host
+that can reach only the relay. No traffic leaves these namespaces. Every check waits on a
+condition with a deadline. Namespaces and processes are removed at the end, also on failure.
+
+Usage (root): python3 tests/netns/suite.py [--bin target/debug/murmur]
+Prints one line per check and `N passed, M failed` at the end; exit code 1 if any failed.
+"""
+
+import argparse
+import os
+import queue
+import random
+import shutil
+import signal
+import subprocess
+import sys
+import tempfile
+import threading
+import time
+
+NS = "mmt"
+NET = "10.213.0"
+RNET = "10.213.1"
+RELAY_IP = f"{NET}.100"
+RELAY_PORT = 3340
+PORT = 7000
+HB_MS, LT_MS = 200, 1000
+DEADLINE = 45.0  # seconds, generous for a loaded 2-core machine
+
+
+def run(*args, check=True):
+    r = subprocess.run(list(args), capture_output=True, text=True)
+    if check and r.returncode != 0:
+        raise RuntimeError(f"{' '.join(args)}: {r.stderr.strip()}")
+    return r
+
+
+def ns(name):
+    return f"{NS}-{name}"
+
+
+class CheckFailed(Exception):
+    pass
+
+
+def wait_for(desc, fn, timeout=DEADLINE):
+    """Polls fn until it returns something truthy; returns (value, seconds taken)."""
+    start = time.time()
+    last = None
+    while True:
+        try:
+            last = fn()
+        except CheckFailed:
+            raise
+        except Exception as e:  # a node not answering yet is not a failure yet
+            last = e
+        if last and not isinstance(last, Exception):
+            return last, time.time() - start
+        if time.time() - start > timeout:
+            raise CheckFailed(f"timed out after {timeout:.0f}s waiting for {desc} (last: {last!r})")
+        time.sleep(0.1)
+
+
+class Topology:
+    def __init__(self):
+        self.namespaces = []
+        self.cleanup_stale()
+        self.add_ns("sw")
+        for br in ("bra", "brb", "brr"):
+            run("ip", "-n", ns("sw"), "link", "add", br, "type", "bridge")
+            run("ip", "-n", ns("sw"), "link", "set", br, "up")
+        self.hosts = {}
+
+    @staticmethod
+    def cleanup_stale():
+        for line in run("ip", "netns", "list", check=False).stdout.splitlines():
+            name = line.split()[0] if line.strip() else ""
+            if name.startswith(NS + "-"):
+                run("ip", "netns", "del", name, check=False)
+        shutil.rmtree(f"/etc/netns/{NS}-n6", ignore_errors=True)
+
+    def add_ns(self, name):
+        run("ip", "netns", "add", ns(name))
+        self.namespaces.append(ns(name))
+        run("ip", "-n", ns(name), "link", "set", "lo", "up")
+        # No routing between interfaces: only what a test wires up is reachable.
+        run("ip", "netns", "exec", ns(name), "sh", "-c",
+            "echo 0 > /proc/sys/net/ipv4/ip_forward")
+
+    def add_host(self, name, addr, bridge, extra_routes=()):
+        self.add_ns(name)
+        host_if, sw_if = f"v-{name}", f"s-{name}"
+        run("ip", "link", "add", host_if, "netns", ns(name), "type", "veth",
+            "peer", "name", sw_if, "netns", ns("sw"))
+        run("ip", "-n", ns(name), "addr", "add", f"{addr}/24", "dev", host_if)
+        run("ip", "-n", ns(name), "link", "set", host_if, "up")
+        run("ip", "-n", ns("sw"), "link", "set", sw_if, "master", bridge)
+        run("ip", "-n", ns("sw"), "link", "set", sw_if, "up")
+        for r in extra_routes:
+            run("ip", "-n", ns(name), "route", "add", r, "dev", host_if)
+        self.hosts[name] = addr
+
+    def add_relay_host(self):
+        """The relay host: on the main bridge as RELAY_IP, and on the relay-only bridge, where it
+        answers for the same address (so every node uses one relay URL)."""
+        self.add_host("relay", RELAY_IP, "bra")
+        run("ip", "link", "add", "v-relay2", "netns", ns("relay"), "type", "veth",
+            "peer", "name", "s-relay2", "netns", ns("sw"))
+        run("ip", "-n", ns("relay"), "addr", "add", f"{RNET}.100/24", "dev", "v-relay2")
+        run("ip", "-n", ns("relay"), "addr", "add", f"{RELAY_IP}/32", "dev", "v-relay2")
+        run("ip", "-n", ns("relay"), "link", "set", "v-relay2", "up")
+        run("ip", "-n", ns("sw"), "link", "set", "s-relay2", "master", "brr")
+        run("ip", "-n", ns("sw"), "link", "set", "s-relay2", "up")
+
+    def move(self, name, bridge):
+        run("ip", "-n", ns("sw"), "link", "set", f"s-{name}", "master", bridge)
+
+    def destroy(self):
+        for n in reversed(self.namespaces):
+            run("ip", "netns", "del", n, check=False)
+        self.namespaces = []
+
+
+class Node:
+    def __init__(self, bin_path, name, addr, datadir, logdir, bootstrap=None):
+        self.name, self.addr, self.datadir = name, addr, datadir
+        self.bin, self.logdir, self.bootstrap = bin_path, logdir, bootstrap
+        self.start()
+
+    def start(self):
+        args = ["ip", "netns", "exec", ns(self.name), self.bin,
+                "--data", self.datadir, "--swarm-name", "netns-suite",
+                "--bind", f"{self.addr}:{PORT}",
+                "--relay", f"http://{RELAY_IP}:{RELAY_PORT}", "--no-mdns",
+                "--heartbeat-ms", str(HB_MS), "--leader-timeout-ms", str(LT_MS), "run"]
+        if self.bootstrap:
+            args += ["--bootstrap", self.bootstrap]
+        self.log = open(os.path.join(self.logdir, f"{self.name}.log"), "a")
+        env = dict(os.environ, RUST_LOG=os.environ.get("RUST_LOG", "murmur=info"))
+        # `ip netns exec` execs the command: the pid is murmur's, so kill -9 hits the node.
+        self.p = subprocess.Popen(args, stdin=subprocess.PIPE, stdout=subprocess.PIPE,
+                                  stderr=self.log, text=True, bufsize=1, env=env)
+        self.q = queue.Queue()
+        threading.Thread(target=self._read, args=(self.p, self.q), daemon=True).start()
+        self.id = self.expect("id: ")[4:]
+        self.expect("ready")
+
+    @staticmethod
+    def _read(p, q):
+        for line in p.stdout:
+            q.put(line.rstrip("\n"))
+        q.put(None)
+
+    def expect(self, prefix, timeout=DEADLINE):
+        end = time.time() + timeout
+        while True:
+            try:
+                line = self.q.get(timeout=max(0.01, end - time.time()))
+            except queue.Empty:
+                raise CheckFailed(f"{self.name}: no line starting with {prefix!r}")
+            if line is None:
+                raise CheckFailed(f"{self.name}: process exited")
+            if line.startswith(prefix):
+                return line
+
+    def send(self, line):
+        self.p.stdin.write(line + "\n")
+        self.p.stdin.flush()
+
+    def ask(self, cmd, timeout=10):
+        while not self.q.empty():
+            self.q.get_nowait()
+        self.send(cmd)
+        line = self.q.get(timeout=timeout)
+        if line is None:
+            raise CheckFailed(f"{self.name}: process exited")
+        return line
+
+    def leader(self):
+        # "leader <id|none> term <n> me <bool>"
+        parts = self.ask("leader").split()
+        return parts[1], int(parts[3]), parts[5] == "true"
+
+    def kill9(self):
+        self.p.send_signal(signal.SIGKILL)
+        self.p.wait()
+
+    def quit(self):
+        if self.p.poll() is None:
+            try:
+                self.send("quit")
+                self.p.wait(timeout=15)
+            except Exception:
+                self.p.kill()
+                self.p.wait()
+
+
+def agree(nodes, expected):
+    leaders = [n.leader() for n in nodes]
+    return all(l[0] == expected for l in leaders) and sum(l[2] for l in leaders) == 1
+
+
+def same_digest(nodes):
+    ds = {n.ask("digest") for n in nodes}
+    return ds.pop() if len(ds) == 1 else None
+
+
+class Suite:
+    def __init__(self, bin_path, relay_bin):
+        self.bin, self.relay_bin = bin_path, relay_bin
+        self.passed, self.failed = 0, 0
+        self.tmp = tempfile.mkdtemp(prefix="murmur-netns-")
+        self.topo = None
+        self.nodes = {}
+        self.relay = None
+
+    def check(self, name, fn):
+        t = time.time()
+        try:
+            detail = fn()
+            self.passed += 1
+            print(f"PASS {name} ({time.time() - t:.1f}s){': ' + detail if detail else ''}", flush=True)
+        except Exception as e:
+            self.failed += 1
+            print(f"FAIL {name}: {e}", flush=True)
+            for n in self.nodes.values():
+                n.log.flush()
+                tail = open(n.log.name).read().splitlines()[-5:]
+                for l in tail:
+                    print(f"    [{n.name}] {l}")
+
+    def setup(self):
+        self.topo = Topology()
+        for i in range(1, 6):
+            self.topo.add_host(f"n{i}", f"{NET}.{i}", "bra")
+        self.topo.add_relay_host()
+        # n6 reaches only the relay host.
+        self.topo.add_host("n6", f"{RNET}.6", "brr", extra_routes=[f"{RELAY_IP}/32"])
+        self.relay = subprocess.Popen(
+            ["ip", "netns", "exec", ns("relay"), self.relay_bin, f"0.0.0.0:{RELAY_PORT}"],
+            stdout=subprocess.PIPE, stderr=subprocess.DEVNULL, text=True)
+        line = self.relay.stdout.readline()
+        if not line.startswith("relay:"):
+            raise RuntimeError("relay server did not start")
+
+    def start_node(self, name, bootstrap=None):
+        d = os.path.join(self.tmp, name)
+        os.makedirs(d, exist_ok=True)
+        self.nodes[name] = Node(self.bin, name, self.topo.hosts[name], d, self.tmp, bootstrap)
+        return self.nodes[name]
+
+    def five(self):
+        return [self.nodes[f"n{i}"] for i in range(1, 6)]
+
+    # --- scenarios -------------------------------------------------------------------------
+
+    def startup(self):
+        first = self.start_node("n1")
+        for i in range(2, 6):
+            self.start_node(f"n{i}", first.ask("ticket"))
+        top = max(n.id for n in self.five())
+        _, took = wait_for("5 nodes agree on the greatest ID", lambda: agree(self.five(), top))
+        return f"leader agreed after {took:.1f}s"
+
+    def partition_and_heal(self):
+        a_side = [self.nodes["n1"], self.nodes["n2"]]
+        b_side = [self.nodes[f"n{i}"] for i in (3, 4, 5)]
+        for n in ("n3", "n4", "n5"):
+            self.topo.move(n, "brb")
+        wait_for("side {1,2} elects its greatest ID",
+                 lambda: agree(a_side, max(n.id for n in a_side)))
+        wait_for("side {3,4,5} elects its greatest ID",
+                 lambda: agree(b_side, max(n.id for n in b_side)))
+        for i in range(20):
+            assert a_side[i % 2].ask(f"put shared-{i % 5} a-{i}") == "ok"
+            assert a_side[i % 2].ask(f"put a-only-{i} x") == "ok"
+            assert b_side[i % 3].ask(f"put shared-{i % 5} b-{i}") == "ok"
+            assert b_side[i % 3].ask(f"put b-only-{i} y") == "ok"
+        # Hold the partition until the connections across it are gone (QUIC idle timeout), so
+        # healing needs real reconnection, not just retransmission.
+        b_ids = {n.id for n in b_side}
+        wait_for("connections across the partition to close", lambda: not any(
+            l.split()[0] in b_ids and " connected " in l for l in self.peers(a_side[0])))
+        heal_at = time.time()
+        for n in ("n3", "n4", "n5"):
+            self.topo.move(n, "bra")
+        top = max(n.id for n in self.five())
+        digest, _ = wait_for("all 5 converge to identical maps", lambda: same_digest(self.five()))
+        took_maps = time.time() - heal_at
+        _, _ = wait_for("one leader, the greatest ID", lambda: agree(self.five(), top))
+        took_leader = time.time() - heal_at
+        count = int(digest.split()[0])
+        if count != 45:
+            raise CheckFailed(f"expected 45 keys after the merge, found {count}")
+        return f"maps equal {took_maps:.1f}s and leader agreed {took_leader:.1f}s after heal"
+
+    def kill_leader(self):
+        five = self.five()
+        top = max(n.id for n in five)
+        leader = next(n for n in five if n.id == top)
+        for i in range(50):
+            assert leader.ask(f"put leader-{i} v{i}") == "ok"
+        killed_at = time.time()
+        leader.kill9()
+        rest = [n for n in five if n is not leader]
+        new_top = max(n.id for n in rest)
+        _, took = wait_for("survivors agree on a new leader", lambda: agree(rest, new_top))
+        leader.start()
+        for i in range(50):
+            if leader.ask(f"get leader-{i}") != f"v{i}":
+                raise CheckFailed(f"restarted leader lost acknowledged write leader-{i}")
+        wait_for("restarted node rejoins and converges", lambda: same_digest(five))
+        wait_for("it leads again (greatest ID)", lambda: agree(five, top))
+        return f"new leader {took:.1f}s after kill -9 (leader timeout {LT_MS} ms)"
+
+    def kill_writers(self):
+        five = self.five()
+        top = max(n.id for n in five)
+        writers = [n for n in five if n.id != top][:2]
+        acked = {}
+        for w in writers:
+            while not w.q.empty():
+                w.q.get_nowait()
+            for j in range(400):
+                w.send(f"put {w.name}-stream-{j:04d} payload-{j}")
+        # Kill each writer in the middle of its stream, after a random number of acks.
+        for w in writers:
+            stop_after = random.randint(50, 250)
+            n = 0
+            while n < stop_after:
+                line = w.q.get(timeout=DEADLINE)
+                if line == "ok":
+                    n += 1
+                elif line is None:
+                    raise CheckFailed(f"{w.name} exited early")
+            w.kill9()
+            # Acks read before the kill; later ones may have been printed but not read:
+            # drain them too, they were acknowledged.
+            while True:
+                try:
+                    line = w.q.get_nowait()
+                except queue.Empty:
+                    break
+                if line == "ok":
+                    n += 1
+            acked[w.name] = n
+        for w in writers:
+            w.start()
+            for j in range(acked[w.name]):
+                v = w.ask(f"get {w.name}-stream-{j:04d}")
+                if v != f"payload-{j}":
+                    raise CheckFailed(f"{w.name} lost acknowledged put #{j}: got {v!r}")
+        wait_for("all converge after the writers restart", lambda: same_digest(five))
+        for n in five:
+            for w in writers:
+                last = acked[w.name] - 1
+                if n.ask(f"get {w.name}-stream-{last:04d}") != f"payload-{last}":
+                    raise CheckFailed(f"{n.name} misses {w.name}'s last acknowledged put")
+        return ", ".join(f"{k}: {v} acked, 0 lost" for k, v in acked.items())
+
+    def relay_only_join(self):
+        n1 = self.nodes["n1"]
+        wait_for("n1 is connected to its home relay", lambda: "http://" in n1.ask("addrs"))
+        n6 = self.start_node("n6", n1.ask("ticket"))
+        everyone = self.five() + [n6]
+        wait_for("n6 syncs through the relay", lambda: same_digest(everyone))
+        peers = [l for l in self.peers(n6) if l.split()[0] == n1.id]
+        if not peers or "relayed" not in peers[0]:
+            raise CheckFailed(f"n6's path to n1 is not relayed: {peers}")
+        assert n6.ask("put from-n6 hi") == "ok"
+        wait_for("n1 gets n6's write", lambda: n1.ask("get from-n6") == "hi")
+        return "n6 reached the swarm only through the relay"
+
+    def peers(self, node):
+        while not node.q.empty():
+            node.q.get_nowait()
+        node.send("peers")
+        node.send("id")  # a marker: `peers` prints one line per peer
+        out = []
+        while True:
+            line = node.q.get(timeout=10)
+            if line == node.id:
+                return out
+            out.append(line)
+
+    def run(self):
+        try:
+            self.setup()
+            self.check("startup: 5 nodes elect the greatest ID", self.startup)
+            self.check("partition 2|3, writes on both sides, heal", self.partition_and_heal)
+            self.check("kill -9 of the leader, restart, rejoin", self.kill_leader)
+            self.check("kill -9 of writers mid-stream: zero acknowledged writes lost",
+                       self.kill_writers)
+            self.check("a node joining through a relay only syncs", self.relay_only_join)
+        finally:
+            self.teardown()
+        print(f"{self.passed} passed, {self.failed} failed")
+        return self.failed == 0
+
+    def teardown(self):
+        for n in self.nodes.values():
+            n.quit()
+        if self.relay:
+            self.relay.kill()
+            self.relay.wait()
+        if self.topo:
+            self.topo.destroy()
+        shutil.rmtree(self.tmp, ignore_errors=True)
+
+
+def main():
+    here = os.path.dirname(os.path.abspath(__file__))
+    root = os.path.dirname(os.path.dirname(here))
+    ap = argparse.ArgumentParser()
+    ap.add_argument("--bin", default=os.path.join(root, "target/debug/murmur"))
+    ap.add_argument("--relay-bin", default=os.path.join(root, "target/debug/examples/local_relay"))
+    a = ap.parse_args()
+    if os.geteuid() != 0:
+        print("the netns suite needs root (it creates network namespaces)")
+        return 1
+    suite = Suite(os.path.abspath(a.bin), os.path.abspath(a.relay_bin))
+
+    def on_signal(sig, _frame):
+        suite.teardown()
+        sys.exit(128 + sig)
+
+    signal.signal(signal.SIGTERM, on_signal)
+    signal.signal(signal.SIGINT, on_signal)
+    return 0 if suite.run() else 1
+
+
+if __name__ == "__main__":
+    sys.exit(main())
