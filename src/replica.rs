@@ -64,11 +64,13 @@ pub(crate) enum Command {
     },
     /// The data stream to `peer` over connection `conn_id` is gone.
     PeerDown { peer: NodeBytes, conn_id: u64 },
-    /// A message from a peer, received over connection `conn_id`.
+    /// A message from a peer, received over connection `conn_id`. The permit returns the
+    /// message's bytes to the connection's read budget once the message is processed.
     FromPeer {
         peer: NodeBytes,
         conn_id: u64,
         msg: DataMsg,
+        _permit: tokio::sync::OwnedSemaphorePermit,
     },
     /// Anti-entropy: run a sync round with every peer, re-request missing values.
     Tick,
@@ -390,7 +392,9 @@ impl Replica {
                         fx.persist_sync.push((peer, st));
                     }
                 }
-                Command::FromPeer { peer, conn_id, msg } => {
+                Command::FromPeer {
+                    peer, conn_id, msg, ..
+                } => {
                     if self.peers.get(&peer).is_some_and(|l| l.conn_id == conn_id) {
                         self.handle_peer_msg(peer, msg, &mut fx, &mut incoming_values);
                     }
@@ -574,8 +578,12 @@ impl Replica {
             return; // raced with PeerDown
         };
         match link.sync.receive(&mut self.doc, msg) {
-            Ok(Received::Pushed { values }) => {
-                incoming.extend(values);
+            Ok(Received::Pushed { values, referenced }) => {
+                incoming.extend(
+                    values
+                        .into_iter()
+                        .filter(|v| referenced.contains(&value_hash(v))),
+                );
                 if self.doc.has_missing_deps() {
                     // A gap: some earlier change never reached us. Sync to find it.
                     fx.poll.insert(peer);

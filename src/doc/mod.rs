@@ -210,6 +210,20 @@ pub(crate) struct ChangeSummary {
     pub keys: Vec<String>,
 }
 
+/// Hashes of the values a change puts at the root.
+pub(crate) fn put_hashes(change: &Change) -> Vec<ValueHash> {
+    change
+        .decode()
+        .operations
+        .iter()
+        .filter(|op| op.obj == automerge::legacy::ObjectId::Root)
+        .filter_map(|op| match &op.action {
+            OpType::Put(ScalarValue::Bytes(b)) => ValueHash::try_from(b.as_slice()).ok(),
+            _ => None,
+        })
+        .collect()
+}
+
 /// Decodes a change to find which keys it touched.
 pub(crate) fn summarize(change: &Change) -> ChangeSummary {
     let expanded = change.decode();

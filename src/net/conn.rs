@@ -14,13 +14,14 @@
 use std::{sync::Arc, time::Duration};
 
 use iroh::endpoint::{Connection, RecvStream, SendStream, VarInt};
-use tokio::sync::{mpsc, oneshot};
+use tokio::sync::{mpsc, oneshot, Semaphore};
 use tracing::debug;
 
 use super::{
     auth::{Role, Transcript, EKM_LABEL},
     wire::{
-        read_frame, write_frame, ControlMsg, MAX_CONTROL_FRAME, MAX_DATA_FRAME, PROTOCOL_VERSION,
+        read_frame, read_frame_sized, write_frame, ControlMsg, MAX_CONTROL_FRAME, MAX_DATA_FRAME,
+        MAX_INFLIGHT_BYTES, PROTOCOL_VERSION,
     },
     NodeEvent, Shared,
 };
@@ -117,7 +118,7 @@ pub(crate) async fn run(shared: Arc<Shared>, conn: Connection, dialer: bool) -> 
 
 type Streams = (SendStream, RecvStream, SendStream, RecvStream);
 
-async fn handshake(
+pub(crate) async fn handshake(
     shared: &Shared,
     conn: &Connection,
     dialer: bool,
@@ -277,13 +278,25 @@ async fn read_data(
     peer: NodeBytes,
     conn_id: u64,
 ) -> Result<String, String> {
+    let budget = Arc::new(Semaphore::new(MAX_INFLIGHT_BYTES));
     loop {
-        let msg: DataMsg = match read_frame(&mut r, MAX_DATA_FRAME).await {
+        let (msg, size): (DataMsg, usize) = match read_frame_sized(&mut r, MAX_DATA_FRAME).await {
             Ok(m) => m,
             Err(super::wire::FrameError::Closed) => return Ok("data stream closed".into()),
             Err(e) => return Err(e.to_string()),
         };
-        let cmd = Command::FromPeer { peer, conn_id, msg };
+        // Held until the replica has processed the message (see MAX_INFLIGHT_BYTES).
+        let permit = budget
+            .clone()
+            .acquire_many_owned(size.max(1) as u32)
+            .await
+            .map_err(|_| "budget closed".to_string())?;
+        let cmd = Command::FromPeer {
+            peer,
+            conn_id,
+            msg,
+            _permit: permit,
+        };
         if shared.replica_tx.send(cmd).await.is_err() {
             return Ok("replica stopped".into());
         }

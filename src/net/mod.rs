@@ -12,6 +12,9 @@ pub(crate) mod conn;
 pub(crate) mod ticket;
 pub(crate) mod wire;
 
+#[cfg(test)]
+mod hostile_tests;
+
 use std::{
     collections::HashMap,
     net::SocketAddr,

@@ -20,6 +20,10 @@ pub(crate) const PROTOCOL_VERSION: u32 = 1;
 pub(crate) const MAX_CONTROL_FRAME: usize = 1 << 20;
 /// Largest frame on the data stream (changes with their values, sync parts).
 pub(crate) const MAX_DATA_FRAME: usize = 16 << 20;
+/// Most bytes of one peer's data messages read but not yet processed by the replica. Reading
+/// stops at this bound, and QUIC flow control then slows the peer down: memory per peer stays
+/// bounded however fast it sends.
+pub(crate) const MAX_INFLIGHT_BYTES: usize = 2 * MAX_DATA_FRAME;
 
 /// Messages on the control stream. The first four make up the handshake
 /// ([`super::auth`]); nothing else is accepted before it completes.
@@ -85,6 +89,14 @@ pub(crate) async fn read_frame<R: AsyncRead + Unpin, T: DeserializeOwned>(
     r: &mut R,
     max: usize,
 ) -> Result<T, FrameError> {
+    read_frame_sized(r, max).await.map(|(m, _)| m)
+}
+
+/// Like [`read_frame`], also returning the frame's size in bytes.
+pub(crate) async fn read_frame_sized<R: AsyncRead + Unpin, T: DeserializeOwned>(
+    r: &mut R,
+    max: usize,
+) -> Result<(T, usize), FrameError> {
     let mut len = [0u8; 4];
     match r.read_exact(&mut len).await {
         Ok(_) => {}
@@ -99,7 +111,7 @@ pub(crate) async fn read_frame<R: AsyncRead + Unpin, T: DeserializeOwned>(
     r.read_exact(&mut body)
         .await
         .map_err(|e| FrameError::Io(e.to_string()))?;
-    decode_body(&body)
+    Ok((decode_body(&body)?, len))
 }
 
 #[cfg(test)]

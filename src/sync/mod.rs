@@ -26,8 +26,9 @@ use crate::doc::{KvDoc, ValueHash};
 /// document sent to a new peer) are split into parts and reassembled.
 pub(crate) const SYNC_PART: usize = 1 << 20;
 
-/// Largest reassembled sync message accepted from a peer.
-pub(crate) const MAX_SYNC_MESSAGE: usize = 512 << 20;
+/// Largest reassembled sync message accepted from a peer (a whole document of a million keys
+/// is about 40 MB).
+pub(crate) const MAX_SYNC_MESSAGE: usize = 128 << 20;
 
 /// Messages of the data stream (after authentication).
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
@@ -78,6 +79,9 @@ pub(crate) enum Received {
     Pushed {
         /// Values sent with the changes.
         values: Vec<Vec<u8>>,
+        /// Hashes of the values the pushed changes put: only values with these hashes are
+        /// kept (anything else a peer sends along is dropped, not stored).
+        referenced: std::collections::HashSet<ValueHash>,
     },
     /// A sync message was applied: the caller records the new changes and calls
     /// [`PeerSync::poll`], since a reply is usually due.
@@ -144,9 +148,10 @@ impl PeerSync {
                     .map(Change::from_bytes)
                     .collect::<Result<Vec<_>, _>>()
                     .map_err(|e| SyncError::BadChange(e.to_string()))?;
+                let referenced = parsed.iter().flat_map(crate::doc::put_hashes).collect();
                 doc.apply_changes(parsed)
                     .map_err(|e| SyncError::BadChange(e.to_string()))?;
-                Ok(Received::Pushed { values })
+                Ok(Received::Pushed { values, referenced })
             }
             DataMsg::Sync { part, last } => {
                 if self.partial.len() + part.len() > MAX_SYNC_MESSAGE {

@@ -1,0 +1,263 @@
+//! Hostile peers against a real node: a test peer that passes authentication and then sends
+//! malformed, oversized and out-of-order messages, or floods; peers that skip or fail the
+//! handshake. Each must lose its connection (and nothing else) while the node keeps serving.
+
+use std::{sync::Arc, time::Duration};
+
+use iroh::{
+    endpoint::{presets, Connection},
+    Endpoint, EndpointAddr, RelayMode as IrohRelay, SecretKey,
+};
+use tokio::sync::mpsc;
+
+use super::{
+    auth::SwarmKey,
+    conn::{close, handshake},
+    ticket,
+    wire::{encode_frame, ControlMsg, ALPN},
+    Shared,
+};
+use crate::{sync::DataMsg, RelayMode, Swarm};
+
+const DEADLINE: Duration = Duration::from_secs(20);
+
+async fn node(dir: &std::path::Path) -> Swarm {
+    let s = Swarm::builder()
+        .storage_path(dir)
+        .swarm_name("hostile")
+        .bind_addr("127.0.0.1:0".parse().unwrap())
+        .relay_mode(RelayMode::Disabled)
+        .local_discovery(false)
+        .heartbeat_interval(Duration::from_millis(100))
+        .leader_timeout(Duration::from_millis(500))
+        .build()
+        .await
+        .unwrap();
+    s.start().await.unwrap();
+    s
+}
+
+/// A raw peer: an iroh endpoint speaking `murmur/1` by hand.
+struct Raw {
+    ep: Endpoint,
+    shared: Arc<Shared>,
+}
+
+impl Raw {
+    async fn new(key: SwarmKey) -> Raw {
+        let secret = SecretKey::generate();
+        let ep = Endpoint::builder(presets::Minimal)
+            .secret_key(secret.clone())
+            .relay_mode(IrohRelay::Disabled)
+            .clear_ip_transports()
+            .bind_addr("127.0.0.1:0".parse::<std::net::SocketAddr>().unwrap())
+            .unwrap()
+            .alpns(vec![ALPN.to_vec()])
+            .bind()
+            .await
+            .unwrap();
+        // The channels lead nowhere: the raw peer drives its streams itself.
+        let (node_tx, _) = mpsc::channel(1);
+        let (replica_tx, _) = mpsc::channel(1);
+        let shared = Arc::new(Shared {
+            me: *secret.public().as_bytes(),
+            swarm_key: key,
+            node_tx,
+            replica_tx,
+            conn_ids: Default::default(),
+        });
+        Raw { ep, shared }
+    }
+
+    async fn dial(&self, target: &Swarm) -> (Connection, EndpointAddr) {
+        let addr = ticket::parse(&target.ticket()).unwrap();
+        let conn = self.ep.connect(addr.clone(), ALPN).await.unwrap();
+        (conn, addr)
+    }
+}
+
+/// Waits for the node to close the connection; returns the application close code.
+async fn closed_by_node(conn: &Connection) -> u64 {
+    match tokio::time::timeout(DEADLINE, conn.closed()).await {
+        Ok(iroh::endpoint::ConnectionError::ApplicationClosed(c)) => c.error_code.into_inner(),
+        Ok(other) => panic!("connection ended otherwise: {other}"),
+        Err(_) => panic!("the node did not close the connection"),
+    }
+}
+
+async fn still_serves(a: &Swarm, i: usize) {
+    let key = format!("alive-{i}");
+    a.put(&key, b"yes").await.unwrap();
+    assert_eq!(a.get(&key).await.unwrap(), Some(b"yes".to_vec()));
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn authenticated_peer_sending_garbage_is_disconnected_and_node_keeps_serving() {
+    let dir = tempfile::tempdir().unwrap();
+    let a = node(dir.path()).await;
+    let raw = Raw::new(SwarmKey::from_name("hostile")).await;
+    let a_id = *ticket::parse(&a.ticket()).unwrap().id.as_bytes();
+
+    type Attack = fn() -> (bool, Vec<u8>);
+    let attacks: Vec<(&str, Attack)> = vec![
+        ("undecodable data frame", || {
+            (false, vec![0, 0, 0, 3, 0xFF, 0xFF, 0xFF])
+        }),
+        ("oversized data frame header", || {
+            (false, (64u32 << 20).to_be_bytes().to_vec())
+        }),
+        ("handshake message after the handshake", || {
+            (
+                true,
+                encode_frame(&ControlMsg::Hello {
+                    version: 1,
+                    nonce: [0; 32],
+                }),
+            )
+        }),
+        ("push of a malformed change", || {
+            (
+                false,
+                encode_frame(&DataMsg::Push {
+                    changes: vec![vec![0x85, 0x6f, 0x4a, 0x83, 9, 9]],
+                    values: vec![],
+                }),
+            )
+        }),
+        ("sync message of garbage", || {
+            (
+                false,
+                encode_frame(&DataMsg::Sync {
+                    part: vec![0x42; 100],
+                    last: true,
+                }),
+            )
+        }),
+        ("undecodable control frame", || {
+            (true, vec![0, 0, 0, 2, 0xEE, 0x01])
+        }),
+    ];
+    for (i, (name, attack)) in attacks.into_iter().enumerate() {
+        let (conn, _) = raw.dial(&a).await;
+        let (mut cs, _cr, mut ds, _dr) = handshake(&raw.shared, &conn, true, &a_id)
+            .await
+            .unwrap_or_else(|(_, e)| panic!("{name}: handshake failed: {e}"));
+        let (on_control, bytes) = attack();
+        let stream = if on_control { &mut cs } else { &mut ds };
+        stream.write_all(&bytes).await.unwrap();
+        let code = closed_by_node(&conn).await;
+        assert_eq!(code, close::PROTOCOL.into_inner(), "{name}");
+        still_serves(&a, i).await;
+    }
+    // A well-behaved node still joins and replicates.
+    let dir_b = tempfile::tempdir().unwrap();
+    let b = Swarm::builder()
+        .storage_path(dir_b.path())
+        .swarm_name("hostile")
+        .bind_addr("127.0.0.1:0".parse().unwrap())
+        .relay_mode(RelayMode::Disabled)
+        .local_discovery(false)
+        .bootstrap([a.ticket()])
+        .build()
+        .await
+        .unwrap();
+    b.start().await.unwrap();
+    let deadline = tokio::time::Instant::now() + DEADLINE;
+    while b.get("alive-5").await.unwrap().is_none() {
+        assert!(tokio::time::Instant::now() < deadline, "B never synced");
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    a.shutdown().await.unwrap();
+    b.shutdown().await.unwrap();
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn messages_before_authentication_and_wrong_keys_are_refused() {
+    let dir = tempfile::tempdir().unwrap();
+    let a = node(dir.path()).await;
+    a.put("secret", b"s").await.unwrap();
+
+    // Skips the handshake: a peer list as the first message.
+    let raw = Raw::new(SwarmKey::from_name("hostile")).await;
+    let (conn, addr) = raw.dial(&a).await;
+    let (mut cs, _cr) = conn.open_bi().await.unwrap();
+    cs.write_all(&encode_frame(&ControlMsg::Peers {
+        me: addr,
+        known: vec![],
+    }))
+    .await
+    .unwrap();
+    assert_eq!(closed_by_node(&conn).await, close::PROTOCOL.into_inner());
+
+    // Wrong key: the handshake fails on both sides; the node closes with AUTH_FAILED.
+    let intruder = Raw::new(SwarmKey::from_name("not-the-swarm")).await;
+    let a_id = *ticket::parse(&a.ticket()).unwrap().id.as_bytes();
+    let (conn, _) = intruder.dial(&a).await;
+    match handshake(&intruder.shared, &conn, true, &a_id).await {
+        Err((code, _)) => assert_eq!(code, close::AUTH_FAILED),
+        Ok(_) => panic!("handshake succeeded with the wrong key"),
+    }
+    assert!(a.peers().await.iter().all(|p| !p.connected));
+    still_serves(&a, 0).await;
+    a.shutdown().await.unwrap();
+}
+
+fn rss_bytes() -> usize {
+    let status = std::fs::read_to_string("/proc/self/status").unwrap_or_default();
+    status
+        .lines()
+        .find(|l| l.starts_with("VmRSS:"))
+        .and_then(|l| l.split_whitespace().nth(1)?.parse::<usize>().ok())
+        .map(|kb| kb * 1024)
+        .unwrap_or(0)
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_flooding_peer_is_throttled_memory_stays_bounded_and_junk_is_not_stored() {
+    let dir = tempfile::tempdir().unwrap();
+    let a = node(dir.path()).await;
+    let raw = Raw::new(SwarmKey::from_name("hostile")).await;
+    let a_id = *ticket::parse(&a.ticket()).unwrap().id.as_bytes();
+    let (conn, _) = raw.dial(&a).await;
+    let (_cs, _cr, mut ds, _dr) = handshake(&raw.shared, &conn, true, &a_id)
+        .await
+        .unwrap_or_else(|(_, e)| panic!("handshake failed: {e}"));
+
+    let before = rss_bytes();
+    // 40 frames of 4 MiB values that no change references: 160 MiB (5x the read budget) pushed as fast as QUIC
+    // lets the peer, while the node keeps taking writes.
+    let junk = encode_frame(&DataMsg::Push {
+        changes: vec![],
+        values: vec![vec![0xAB; 4 << 20]],
+    });
+    let flood = tokio::spawn(async move {
+        for _ in 0..40 {
+            if ds.write_all(&junk).await.is_err() {
+                break;
+            }
+        }
+        ds
+    });
+    let mut i = 0;
+    let mut peak = before;
+    while !flood.is_finished() {
+        still_serves(&a, i).await;
+        peak = peak.max(rss_bytes());
+        i += 1;
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    let _ds = flood.await.unwrap();
+    // Bounded: the per-peer read budget (32 MiB) plus transport buffers, not 160 MiB.
+    let growth = peak.saturating_sub(before);
+    eprintln!("RSS growth during the flood: {} MiB", growth >> 20);
+    assert!(growth < 96 << 20, "RSS grew by {} MiB", growth >> 20);
+    a.shutdown().await.unwrap();
+    // Junk values were not written to disk.
+    let db = std::fs::metadata(dir.path().join("murmur.sqlite3"))
+        .unwrap()
+        .len();
+    let wal = std::fs::metadata(dir.path().join("murmur.sqlite3-wal"))
+        .map(|m| m.len())
+        .unwrap_or(0);
+    assert!(db + wal < 8 << 20, "database grew to {} bytes", db + wal);
+}
