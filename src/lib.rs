@@ -32,6 +32,8 @@ pub mod election;
 mod error;
 mod events;
 pub mod ffi;
+#[doc(hidden)]
+pub mod fuzzing;
 pub(crate) mod net;
 pub(crate) mod replica;
 pub(crate) mod store;

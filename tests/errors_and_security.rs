@@ -174,3 +174,47 @@ async fn a_node_with_the_wrong_swarm_key_is_refused_and_learns_nothing() {
         n.shutdown().await.unwrap();
     }
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn rotating_the_swarm_key_shuts_out_a_removed_member() {
+    let dirs: Vec<_> = (0..3).map(|_| tempfile::tempdir().unwrap()).collect();
+    let k1 = [1u8; 32];
+    let k2 = [2u8; 32];
+    let start = |i: usize, key: [u8; 32], peers: Vec<String>| {
+        let dir = dirs[i].path().to_path_buf();
+        async move {
+            let s = builder(&dir).swarm_key(key).bootstrap(peers).build().await.unwrap();
+            s.start().await.unwrap();
+            s
+        }
+    };
+    let a = start(0, k1, vec![]).await;
+    let b = start(1, k1, vec![a.ticket()]).await;
+    let removed = start(2, k1, vec![a.ticket()]).await;
+    a.put("before", b"shared with all three").await.unwrap();
+    converge(&[&a, &b, &removed]).await;
+
+    // Rotation: the remaining members restart with a new key. They remember each other.
+    a.shutdown().await.unwrap();
+    b.shutdown().await.unwrap();
+    let a = start(0, k2, vec![]).await;
+    let b = start(1, k2, vec![a.ticket()]).await;
+    removed.put("from-removed", b"should not arrive").await.unwrap();
+    a.put("after", b"members only").await.unwrap();
+    wait_until("B gets writes made after the rotation", || async {
+        b.get("after").await.unwrap().is_some()
+    })
+    .await;
+    // The removed member (still on the old key) keeps trying: it never gets through.
+    let deadline = tokio::time::Instant::now() + LEADER_TIMEOUT * 4;
+    while tokio::time::Instant::now() < deadline {
+        assert_eq!(removed.get("after").await.unwrap(), None);
+        assert_eq!(a.get("from-removed").await.unwrap(), None);
+        tokio::time::sleep(std::time::Duration::from_millis(50)).await;
+    }
+    // What it had before the rotation it keeps: rotation cannot take data back.
+    assert!(removed.get("before").await.unwrap().is_some());
+    for n in [a, b, removed] {
+        n.shutdown().await.unwrap();
+    }
+}
