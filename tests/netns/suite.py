@@ -126,16 +126,17 @@ class Topology:
 
 
 class Node:
-    def __init__(self, bin_path, name, addr, datadir, logdir, bootstrap=None):
+    def __init__(self, bin_path, name, addr, datadir, logdir, bootstrap=None, relay=True):
         self.name, self.addr, self.datadir = name, addr, datadir
         self.bin, self.logdir, self.bootstrap = bin_path, logdir, bootstrap
+        self.relay = f"http://{RELAY_IP}:{RELAY_PORT}" if relay else "disabled"
         self.start()
 
     def start(self):
         args = ["ip", "netns", "exec", ns(self.name), self.bin,
                 "--data", self.datadir, "--swarm-name", "netns-suite",
                 "--bind", f"{self.addr}:{PORT}",
-                "--relay", f"http://{RELAY_IP}:{RELAY_PORT}", "--no-mdns",
+                "--relay", self.relay, "--no-mdns",
                 "--heartbeat-ms", str(HB_MS), "--leader-timeout-ms", str(LT_MS), "run"]
         if self.bootstrap:
             args += ["--bootstrap", self.bootstrap]
@@ -217,6 +218,7 @@ class Suite:
         self.topo = None
         self.nodes = {}
         self.relay = None
+        self.emu = None
 
     def check(self, name, fn):
         t = time.time()
@@ -375,6 +377,49 @@ class Suite:
         wait_for("n1 gets n6's write", lambda: n1.ask("get from-n6") == "hi")
         return "n6 reached the swarm only through the relay"
 
+    def impaired_network(self):
+        """Five fresh nodes whose every link has 100 ms latency and 5% loss. The kernel here has
+        no netem, so the links go through a userspace switch (linkemu.py) that delays and drops
+        Ethernet frames the same way."""
+        names = [f"i{i}" for i in range(1, 6)]
+        taps = [f"tap-{n}" for n in names]
+        here = os.path.dirname(os.path.abspath(__file__))
+        self.emu = subprocess.Popen(
+            [sys.executable, os.path.join(here, "linkemu.py"), "--delay-ms", "100",
+             "--jitter-ms", "10", "--loss", "0.05", *taps],
+            stdout=subprocess.PIPE, stderr=subprocess.DEVNULL, text=True)
+        if self.emu.stdout.readline().strip() != "ready":
+            raise CheckFailed("link emulator did not start")
+        for i, (n, tap) in enumerate(zip(names, taps), start=1):
+            self.topo.add_ns(n)
+            run("ip", "link", "set", tap, "netns", ns(n))
+            run("ip", "-n", ns(n), "addr", "add", f"10.213.2.{i}/24", "dev", tap)
+            run("ip", "-n", ns(n), "link", "set", tap, "up")
+            self.topo.hosts[n] = f"10.213.2.{i}"
+        nodes = []
+        for n in names:
+            d = os.path.join(self.tmp, n)
+            os.makedirs(d, exist_ok=True)
+            boot = nodes[0].ask("ticket") if nodes else None
+            node = Node(self.bin, n, self.topo.hosts[n], d, self.tmp, boot, relay=False)
+            self.nodes[n] = node
+            nodes.append(node)
+        top = max(n.id for n in nodes)
+        _, took_leader = wait_for("impaired swarm agrees on the greatest ID",
+                                  lambda: agree(nodes, top), timeout=90)
+        for i in range(30):
+            assert nodes[i % 5].ask(f"put lossy-{i % 7} v{i}") == "ok"
+        start = time.time()
+        wait_for("impaired swarm converges", lambda: same_digest(nodes), timeout=90)
+        took_sync = time.time() - start
+        leader = next(n for n in nodes if n.id == top)
+        leader.kill9()
+        rest = [n for n in nodes if n is not leader]
+        _, took_failover = wait_for("impaired swarm re-elects after kill -9",
+                                    lambda: agree(rest, max(n.id for n in rest)), timeout=90)
+        return (f"leader agreed {took_leader:.1f}s after start, maps equal {took_sync:.1f}s "
+                f"after the last write, failover {took_failover:.1f}s (100 ms latency, 5% loss)")
+
     def peers(self, node):
         while not node.q.empty():
             node.q.get_nowait()
@@ -396,6 +441,8 @@ class Suite:
             self.check("kill -9 of writers mid-stream: zero acknowledged writes lost",
                        self.kill_writers)
             self.check("a node joining through a relay only syncs", self.relay_only_join)
+            self.check("100 ms latency and 5% loss on all links: converges and elects",
+                       self.impaired_network)
         finally:
             self.teardown()
         print(f"{self.passed} passed, {self.failed} failed")
@@ -404,9 +451,10 @@ class Suite:
     def teardown(self):
         for n in self.nodes.values():
             n.quit()
-        if self.relay:
-            self.relay.kill()
-            self.relay.wait()
+        for p in (self.relay, self.emu):
+            if p:
+                p.kill()
+                p.wait()
         if self.topo:
             self.topo.destroy()
         shutil.rmtree(self.tmp, ignore_errors=True)
