@@ -8,7 +8,7 @@
 //!   the calling thread is available from [`murmur_last_error_message`];
 //! - every string or buffer the library allocates has its own free function;
 //! - no panic crosses the boundary: every entry point runs under `catch_unwind`;
-//! - blocking functions run on the library's runtime ([`crate::ffi::runtime`]); called from a
+//! - blocking functions run on the library's runtime (`crate::ffi::runtime`); called from a
 //!   callback (or any runtime thread) they return [`MurmurStatus::MurmurErrWouldDeadlock`].
 
 mod config;

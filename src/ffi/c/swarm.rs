@@ -220,6 +220,14 @@ pub unsafe extern "C" fn murmur_put_async(
         let s = open_swarm(swarm)?;
         // SAFETY: per the function's contract.
         let key = unsafe { str_arg(key, "key") }?.to_string();
+        if len > super::MURMUR_MAX_VALUE_SIZE_LIMIT {
+            // Refused before copying (the configured limit is checked by the core).
+            return Err(crate::Error::ValueTooLarge {
+                size: len,
+                max: super::MURMUR_MAX_VALUE_SIZE_LIMIT,
+            }
+            .into());
+        }
         // SAFETY: per the function's contract.
         let value = unsafe { bytes_arg(value, len, "value") }?.to_vec();
         spawn_done(

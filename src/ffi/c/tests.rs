@@ -351,3 +351,150 @@ fn status_names_and_version() {
     let v = unsafe { CStr::from_ptr(murmur_version()) };
     assert_eq!(v.to_str().unwrap(), env!("CARGO_PKG_VERSION"));
 }
+
+/// A callback that takes its time, so that unsubscribing has to wait for it.
+struct Slow {
+    entered: std::sync::atomic::AtomicUsize,
+    finished: std::sync::atomic::AtomicUsize,
+}
+
+unsafe extern "C" fn slow_event(ud: *mut c_void, _ev: *const MurmurEvent) {
+    use std::sync::atomic::Ordering::SeqCst;
+    let slow = unsafe { &*(ud as *const Slow) };
+    slow.entered.fetch_add(1, SeqCst);
+    std::thread::sleep(Duration::from_millis(300));
+    slow.finished.fetch_add(1, SeqCst);
+}
+
+#[test]
+fn unsubscribe_waits_for_a_running_callback_and_stops_further_calls() {
+    use std::sync::atomic::{AtomicUsize, Ordering::SeqCst};
+    let dir = tempfile::tempdir().unwrap();
+    let s = open(dir.path());
+    let slow = Arc::new(Slow {
+        entered: AtomicUsize::new(0),
+        finished: AtomicUsize::new(0),
+    });
+    let ud = Arc::as_ptr(&slow) as *mut c_void;
+    unsafe {
+        let mut sub = null_mut();
+        assert_eq!(
+            murmur_subscribe(s, Some(slow_event), ud, &mut sub),
+            MurmurOk
+        );
+        for k in [c"a", c"b", c"c"] {
+            assert_eq!(murmur_put(s, k.as_ptr(), b"v".as_ptr(), 1), MurmurOk);
+        }
+        wait_for("a callback to start", || slow.entered.load(SeqCst) >= 1);
+        assert_eq!(murmur_unsubscribe(sub), MurmurOk);
+        // The running callback finished before unsubscribe returned, and no other starts.
+        let entered = slow.entered.load(SeqCst);
+        assert_eq!(slow.finished.load(SeqCst), entered);
+        std::thread::sleep(Duration::from_millis(400));
+        assert_eq!(slow.entered.load(SeqCst), entered);
+        assert!(entered < 3, "unsubscribe did not stop delivery");
+        assert_eq!(murmur_shutdown(s), MurmurOk);
+        assert_eq!(murmur_free(s), MurmurOk);
+    }
+}
+
+struct SelfUnsub {
+    sub: Mutex<usize>,
+    calls: std::sync::atomic::AtomicUsize,
+    status: Mutex<Option<MurmurStatus>>,
+}
+
+unsafe extern "C" fn unsubscribe_self(ud: *mut c_void, _ev: *const MurmurEvent) {
+    use std::sync::atomic::Ordering::SeqCst;
+    let me = unsafe { &*(ud as *const SelfUnsub) };
+    me.calls.fetch_add(1, SeqCst);
+    let sub = *me.sub.lock().unwrap() as *mut MurmurSubscription;
+    let st = unsafe { murmur_unsubscribe(sub) };
+    me.status.lock().unwrap().get_or_insert(st);
+}
+
+#[test]
+fn a_callback_can_unsubscribe_itself() {
+    use std::sync::atomic::{AtomicUsize, Ordering::SeqCst};
+    let dir = tempfile::tempdir().unwrap();
+    let s = open(dir.path());
+    let me = Arc::new(SelfUnsub {
+        sub: Mutex::new(0),
+        calls: AtomicUsize::new(0),
+        status: Mutex::new(None),
+    });
+    let ud = Arc::as_ptr(&me) as *mut c_void;
+    unsafe {
+        let mut sub = null_mut();
+        // Hold the lock so the callback sees the handle (it may run before we store it).
+        let mut slot = me.sub.lock().unwrap();
+        assert_eq!(
+            murmur_subscribe(s, Some(unsubscribe_self), ud, &mut sub),
+            MurmurOk
+        );
+        *slot = sub as usize;
+        drop(slot);
+        for k in [c"a", c"b", c"c"] {
+            assert_eq!(murmur_put(s, k.as_ptr(), b"v".as_ptr(), 1), MurmurOk);
+        }
+        wait_for("the callback", || me.status.lock().unwrap().is_some());
+        std::thread::sleep(Duration::from_millis(200));
+        assert_eq!(*me.status.lock().unwrap(), Some(MurmurOk));
+        assert_eq!(me.calls.load(SeqCst), 1);
+        assert_eq!(murmur_unsubscribe(sub), MurmurErrInvalidHandle);
+        assert_eq!(murmur_shutdown(s), MurmurOk);
+        assert_eq!(murmur_free(s), MurmurOk);
+    }
+}
+
+#[test]
+fn one_handle_used_from_several_threads() {
+    let dir = tempfile::tempdir().unwrap();
+    let s = open(dir.path()) as usize;
+    let threads: Vec<_> = (0..4)
+        .map(|t| {
+            std::thread::spawn(move || {
+                let s = s as *const MurmurSwarm;
+                for i in 0..25 {
+                    let key = std::ffi::CString::new(format!("t{t}/{i}")).unwrap();
+                    let v = format!("{t}-{i}");
+                    unsafe {
+                        assert_eq!(murmur_put(s, key.as_ptr(), v.as_ptr(), v.len()), MurmurOk);
+                        let mut out = MurmurBytes::empty();
+                        let mut found = false;
+                        assert_eq!(murmur_get(s, key.as_ptr(), &mut out, &mut found), MurmurOk);
+                        assert!(found);
+                        assert_eq!(std::slice::from_raw_parts(out.ptr, out.len), v.as_bytes());
+                        murmur_bytes_free(out);
+                    }
+                }
+            })
+        })
+        .collect();
+    for t in threads {
+        t.join().unwrap();
+    }
+    let s = s as *mut MurmurSwarm;
+    unsafe {
+        let mut n = 0;
+        assert_eq!(murmur_len(s, &mut n), MurmurOk);
+        assert_eq!(n, 100);
+        // Shutdown and free racing with users on other threads: errors, never crashes.
+        let user = {
+            let s = s as usize;
+            std::thread::spawn(move || {
+                let s = s as *const MurmurSwarm;
+                for _ in 0..200 {
+                    let st = murmur_put(s, c"k".as_ptr(), b"v".as_ptr(), 1);
+                    assert!(
+                        matches!(st, MurmurOk | MurmurErrClosed | MurmurErrInvalidHandle),
+                        "{st:?}"
+                    );
+                }
+            })
+        };
+        assert_eq!(murmur_shutdown(s), MurmurOk);
+        assert_eq!(murmur_free(s), MurmurOk);
+        user.join().unwrap();
+    }
+}
