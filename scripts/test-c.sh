@@ -19,6 +19,7 @@ missing=()
 command -v gcc >/dev/null || missing+=(gcc)
 command -v g++ >/dev/null || missing+=(g++)
 command -v valgrind >/dev/null || missing+=(valgrind)
+command -v git >/dev/null || missing+=(git)
 if ((${#missing[@]})); then
     step "installing ${missing[*]}"
     SUDO=""
@@ -27,7 +28,11 @@ if ((${#missing[@]})); then
 fi
 
 step "build the library"
-cargo build
+if cargo build; then pass "cargo build"; else
+    fail "cargo build"
+    printf '\n%d passed, %d failed\n' "$passed" "$failed"
+    exit 1
+fi
 LIB="$ROOT/target/debug"
 [ -f "$LIB/libmurmur.so" ] && pass "libmurmur.so built" || { fail "libmurmur.so built"; exit 1; }
 [ -f "$LIB/libmurmur.a" ] && pass "libmurmur.a built" || fail "libmurmur.a built"
@@ -43,6 +48,9 @@ if grep -qE 'uniffi|ffi_murmur_' include/murmur.h; then
 else
     pass "header holds only murmur_* items"
 fi
+
+step "Rust unit tests of the C entry points"
+if cargo test --lib ffi::c; then pass "cargo test --lib ffi::c"; else fail "cargo test --lib ffi::c"; fi
 
 step "compile"
 OUT="$ROOT/target/c"
