@@ -166,7 +166,7 @@ pub unsafe extern "C" fn murmur_subscribe(
         let cb = callback.ok_or_else(|| FfiError::null("callback"))?;
         check_out(out_subscription, "out_subscription")?;
         let rt = rt()?;
-        s.check_open_pub()?;
+        s.check_open()?;
         let mut stream = s.swarm.subscribe();
         drop(s);
         let state = Arc::new(SubState {

@@ -32,12 +32,8 @@ pub(crate) static SWARMS: super::handles::Registry<MurmurSwarm> =
     super::handles::Registry::new("MurmurSwarm");
 
 impl MurmurSwarm {
-    pub(crate) fn check_open_pub(&self) -> FfiResult<()> {
-        self.check_open()
-    }
-
     /// Fails with MURMUR_ERR_CLOSED once shutdown was requested.
-    fn check_open(&self) -> FfiResult<()> {
+    pub(crate) fn check_open(&self) -> FfiResult<()> {
         if self.closed.load(Ordering::Acquire) {
             Err(crate::Error::Closed.into())
         } else {
