@@ -22,6 +22,9 @@ timeout 120 cargo run -q --example basic
 timeout 300 cargo run -q --example demo | tee target/demo.log
 grep -q "new leader" target/demo.log
 
+step "C ABI: header, C and C++ examples, misuse test, valgrind"
+bash scripts/test-c.sh
+
 step "multi-host suite: real processes in network namespaces (needs root)"
 command -v ip >/dev/null || { apt-get update -qq && apt-get install -y -qq iproute2; }
 cargo build -q --bin murmur --example local_relay
