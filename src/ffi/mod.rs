@@ -11,11 +11,9 @@ pub mod uniffi;
 use once_cell::sync::OnceCell;
 use tokio::runtime::Runtime;
 
-#[allow(dead_code)] // used by the C and uniffi layers, which are filled in next
 static RUNTIME: OnceCell<Runtime> = OnceCell::new();
 
 /// The library's runtime for foreign callers (created on first use).
-#[allow(dead_code)]
 pub(crate) fn runtime() -> std::io::Result<&'static Runtime> {
     RUNTIME.get_or_try_init(|| {
         tokio::runtime::Builder::new_multi_thread()
