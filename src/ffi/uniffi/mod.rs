@@ -332,8 +332,8 @@ impl From<crate::Event> for Event {
 #[uniffi::export(foreign)]
 pub trait EventListener: Send + Sync {
     /// Called once per event, in order, on a thread of the library's blocking pool. It may
-    /// call the swarm (blocking methods included). An exception it raises is logged and
-    /// ignored.
+    /// call the swarm (blocking methods included). An exception it raises is reported on
+    /// stderr (as a Rust panic message) and delivery continues with the next event.
     fn on_event(&self, event: Event);
 }
 

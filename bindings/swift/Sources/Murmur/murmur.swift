@@ -615,8 +615,8 @@ public protocol EventListener: AnyObject, Sendable {
     
     /**
      * Called once per event, in order, on a thread of the library's blocking pool. It may
-     * call the swarm (blocking methods included). An exception it raises is logged and
-     * ignored.
+     * call the swarm (blocking methods included). An exception it raises is reported on
+     * stderr (as a Rust panic message) and delivery continues with the next event.
      */
     func onEvent(event: Event) 
     
@@ -680,8 +680,8 @@ open class EventListenerImpl: EventListener, @unchecked Sendable {
     
     /**
      * Called once per event, in order, on a thread of the library's blocking pool. It may
-     * call the swarm (blocking methods included). An exception it raises is logged and
-     * ignored.
+     * call the swarm (blocking methods included). An exception it raises is reported on
+     * stderr (as a Rust panic message) and delivery continues with the next event.
      */
 open func onEvent(event: Event)  {try! rustCall() {
         uniffiCallStatus in
@@ -2652,7 +2652,7 @@ private let initializationResult: InitializationResult = {
     if (uniffi_murmur_checksum_func_default_config() != 12865) {
         return InitializationResult.apiChecksumMismatch
     }
-    if (uniffi_murmur_checksum_method_eventlistener_on_event() != 29848) {
+    if (uniffi_murmur_checksum_method_eventlistener_on_event() != 42291) {
         return InitializationResult.apiChecksumMismatch
     }
     if (uniffi_murmur_checksum_method_subscription_cancel() != 37490) {

@@ -973,7 +973,7 @@ private fun uniffiCheckApiChecksums(lib: IntegrityCheckingUniffiLib) {
     if ((lib.uniffi_murmur_checksum_func_default_config() and 0xFFFF) != 12865) {
         throw RuntimeException("UniFFI API checksum mismatch: try cleaning and rebuilding your project")
     }
-    if ((lib.uniffi_murmur_checksum_method_eventlistener_on_event() and 0xFFFF) != 29848) {
+    if ((lib.uniffi_murmur_checksum_method_eventlistener_on_event() and 0xFFFF) != 42291) {
         throw RuntimeException("UniFFI API checksum mismatch: try cleaning and rebuilding your project")
     }
     if ((lib.uniffi_murmur_checksum_method_subscription_cancel() and 0xFFFF) != 37490) {
@@ -1554,8 +1554,8 @@ public interface EventListener {
     
     /**
      * Called once per event, in order, on a thread of the library's blocking pool. It may
-     * call the swarm (blocking methods included). An exception it raises is logged and
-     * ignored.
+     * call the swarm (blocking methods included). An exception it raises is reported on
+     * stderr (as a Rust panic message) and delivery continues with the next event.
      */
     fun `onEvent`(`event`: Event)
     
@@ -1670,8 +1670,8 @@ open class EventListenerImpl: Disposable, AutoCloseable, EventListener
     
     /**
      * Called once per event, in order, on a thread of the library's blocking pool. It may
-     * call the swarm (blocking methods included). An exception it raises is logged and
-     * ignored.
+     * call the swarm (blocking methods included). An exception it raises is reported on
+     * stderr (as a Rust panic message) and delivery continues with the next event.
      */override fun `onEvent`(`event`: Event)
         = 
     callWithHandle {
