@@ -138,7 +138,7 @@ def test_listener_may_call_back_into_the_swarm(nodes):
     sub.cancel()
 
 
-def test_listener_exception_does_not_stop_delivery(nodes):
+def test_listener_exception_does_not_stop_delivery(nodes, capfd):
     a = nodes.open()
     rec = Recorder()
 
@@ -152,6 +152,9 @@ def test_listener_exception_does_not_stop_delivery(nodes):
     a.put("two", b"2")
     rec.wait_for("second event after a failing callback", lambda e: isinstance(e, murmur.Event.PUT) and e.key == "two")
     sub.cancel()
+    err = capfd.readouterr().err
+    assert "an event listener raised an exception" in err and "listener bug" in err
+    assert "panicked" not in err
 
 
 def test_leader_election_and_failover(nodes):

@@ -327,14 +327,31 @@ impl From<crate::Event> for Event {
     }
 }
 
+/// What an [`EventListener`] may raise. Any exception a listener raises arrives as `Failed`.
+#[derive(Debug, thiserror::Error, uniffi::Error)]
+pub enum ListenerError {
+    /// The listener failed.
+    #[error("{reason}")]
+    Failed {
+        /// The exception, as text.
+        reason: String,
+    },
+}
+
+impl From<uniffi::UnexpectedUniFFICallbackError> for ListenerError {
+    fn from(e: uniffi::UnexpectedUniFFICallbackError) -> Self {
+        ListenerError::Failed { reason: e.reason }
+    }
+}
+
 /// Receives a swarm's events; implemented in the foreign language and passed to
 /// `Swarm.subscribe`.
 #[uniffi::export(foreign)]
 pub trait EventListener: Send + Sync {
     /// Called once per event, in order, on a thread of the library's blocking pool. It may
-    /// call the swarm (blocking methods included). An exception it raises is reported on
-    /// stderr (as a Rust panic message) and delivery continues with the next event.
-    fn on_event(&self, event: Event);
+    /// call the swarm (blocking methods included). An exception it raises is printed on
+    /// stderr and delivery continues with the next event.
+    fn on_event(&self, event: Event) -> Result<(), ListenerError>;
 }
 
 /// Runs `fut` to completion on the library runtime, blocking the calling thread.
@@ -593,7 +610,11 @@ impl SubShared {
             }
         }
         let _clear = Clear(&self.deliverer);
-        listener.on_event(event.into());
+        if let Err(e) = listener.on_event(event.into()) {
+            // Like an uncaught exception in a thread: say so, and carry on.
+            eprintln!("murmur: an event listener raised an exception (delivery continues): {e}");
+            tracing::warn!("an event listener raised an exception: {e}");
+        }
     }
 }
 

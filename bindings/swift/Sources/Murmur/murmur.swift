@@ -615,10 +615,10 @@ public protocol EventListener: AnyObject, Sendable {
     
     /**
      * Called once per event, in order, on a thread of the library's blocking pool. It may
-     * call the swarm (blocking methods included). An exception it raises is reported on
-     * stderr (as a Rust panic message) and delivery continues with the next event.
+     * call the swarm (blocking methods included). An exception it raises is printed on
+     * stderr and delivery continues with the next event.
      */
-    func onEvent(event: Event) 
+    func onEvent(event: Event) throws 
     
 }
 /**
@@ -680,10 +680,10 @@ open class EventListenerImpl: EventListener, @unchecked Sendable {
     
     /**
      * Called once per event, in order, on a thread of the library's blocking pool. It may
-     * call the swarm (blocking methods included). An exception it raises is reported on
-     * stderr (as a Rust panic message) and delivery continues with the next event.
+     * call the swarm (blocking methods included). An exception it raises is printed on
+     * stderr and delivery continues with the next event.
      */
-open func onEvent(event: Event)  {try! rustCall() {
+open func onEvent(event: Event)throws   {try rustCallWithError(FfiConverterTypeListenerError_lift) {
         uniffiCallStatus in
     uniffi_murmur_fn_method_eventlistener_on_event(
             self.uniffiCloneHandle(),
@@ -731,17 +731,18 @@ fileprivate struct UniffiCallbackInterfaceEventListener {
                 guard let uniffiObj = try? FfiConverterTypeEventListener.handleMap.get(handle: uniffiHandle) else {
                     throw UniffiInternalError.unexpectedStaleHandle
                 }
-                return uniffiObj.onEvent(
+                return try uniffiObj.onEvent(
                      event: try FfiConverterTypeEvent_lift(event)
                 )
             }
 
             
             let writeReturn = { () }
-            uniffiTraitInterfaceCall(
+            uniffiTraitInterfaceCallWithError(
                 callStatus: uniffiCallStatus,
                 makeCall: makeCall,
-                writeReturn: writeReturn
+                writeReturn: writeReturn,
+                lowerError: FfiConverterTypeListenerError_lower
             )
         }
     )
@@ -2039,6 +2040,90 @@ public func FfiConverterTypeEvent_lower(_ value: Event) -> RustBuffer {
 
 
 /**
+ * What an [`EventListener`] may raise. Any exception a listener raises arrives as `Failed`.
+ */
+public 
+enum ListenerError: Swift.Error, Equatable, Hashable, Foundation.LocalizedError {
+
+    
+    
+    /**
+     * The listener failed.
+     */
+    case Failed(
+        /**
+         * The exception, as text.
+         */reason: String
+    )
+
+    
+
+    
+
+    
+    public var errorDescription: String? {
+        String(reflecting: self)
+    }
+    
+}
+
+#if compiler(>=6)
+extension ListenerError: Sendable {}
+#endif
+
+#if swift(>=5.8)
+@_documentation(visibility: private)
+#endif
+public struct FfiConverterTypeListenerError: FfiConverterRustBuffer {
+    typealias SwiftType = ListenerError
+
+    public static func read(from buf: inout (data: Data, offset: Data.Index)) throws -> ListenerError {
+        let variant: Int32 = try readInt(&buf)
+        switch variant {
+
+        
+
+        
+        case 1: return .Failed(
+            reason: try FfiConverterString.read(from: &buf)
+            )
+
+         default: throw UniffiInternalError.unexpectedEnumCase
+        }
+    }
+
+    public static func write(_ value: ListenerError, into buf: inout [UInt8]) {
+        switch value {
+
+        
+
+        
+        
+        case let .Failed(reason):
+            writeInt(&buf, Int32(1))
+            FfiConverterString.write(reason, into: &buf)
+            
+        }
+    }
+}
+
+
+#if swift(>=5.8)
+@_documentation(visibility: private)
+#endif
+public func FfiConverterTypeListenerError_lift(_ buf: RustBuffer) throws -> ListenerError {
+    return try FfiConverterTypeListenerError.lift(buf)
+}
+
+#if swift(>=5.8)
+@_documentation(visibility: private)
+#endif
+public func FfiConverterTypeListenerError_lower(_ value: ListenerError) -> RustBuffer {
+    return FfiConverterTypeListenerError.lower(value)
+}
+
+
+/**
  * Everything a Murmur call can fail with. Each variant carries the library's explanatory
  * message (what went wrong and what to do about it).
  */
@@ -2652,7 +2737,7 @@ private let initializationResult: InitializationResult = {
     if (uniffi_murmur_checksum_func_default_config() != 12865) {
         return InitializationResult.apiChecksumMismatch
     }
-    if (uniffi_murmur_checksum_method_eventlistener_on_event() != 42291) {
+    if (uniffi_murmur_checksum_method_eventlistener_on_event() != 27239) {
         return InitializationResult.apiChecksumMismatch
     }
     if (uniffi_murmur_checksum_method_subscription_cancel() != 37490) {

@@ -180,6 +180,27 @@ final class MurmurTests: XCTestCase {
         subA.cancel()
     }
 
+    func testListenerErrorDoesNotStopDelivery() throws {
+        final class Failing: EventListener, @unchecked Sendable {
+            let rec = Recorder()
+            struct Bug: Error {}
+            func onEvent(event: Event) throws {
+                rec.onEvent(event: event)
+                throw Bug()
+            }
+        }
+        let a = try open()
+        let failing = Failing()
+        let sub = try a.subscribe(listener: failing)
+        try a.put(key: "one", value: bytes("1"))
+        try a.put(key: "two", value: bytes("2"))
+        try failing.rec.waitFor("second event after a failing callback") {
+            if case let .put(key, _, _) = $0 { return key == "two" }
+            return false
+        }
+        sub.cancel()
+    }
+
     func testLeaderElectionAndFailover() throws {
         let a = try open()
         let b = try open(bootstrap: [a.ticket()])

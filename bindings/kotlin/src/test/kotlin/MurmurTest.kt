@@ -175,6 +175,21 @@ fun listenerMayCallBackIntoTheSwarm() = Nodes().use { n ->
     sub.cancel()
 }
 
+fun listenerExceptionDoesNotStopDelivery() = Nodes().use { n ->
+    val a = n.open()
+    val rec = Recorder()
+    val sub = a.subscribe(object : EventListener {
+        override fun onEvent(event: Event) {
+            rec.onEvent(event)
+            throw IllegalStateException("listener bug")
+        }
+    })
+    a.put("one", bytes("1"))
+    a.put("two", bytes("2"))
+    rec.waitFor("second event after a failing callback") { it is Event.Put && it.key == "two" }
+    sub.cancel()
+}
+
 fun leaderElectionAndFailover() = Nodes().use { n ->
     val a = n.open()
     val b = n.open(listOf(a.ticket()))
@@ -244,6 +259,7 @@ fun main() {
         "replication across three nodes" to ::replicationAcrossThreeNodes,
         "events reach listeners" to ::eventsReachListeners,
         "listener may call back into the swarm" to ::listenerMayCallBackIntoTheSwarm,
+        "listener exception does not stop delivery" to ::listenerExceptionDoesNotStopDelivery,
         "leader election and failover" to ::leaderElectionAndFailover,
         "errors are typed, with messages" to ::errorsAreTypedWithMessages,
         "coroutines (suspend) API" to ::coroutinesApi,

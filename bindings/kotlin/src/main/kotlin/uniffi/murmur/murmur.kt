@@ -973,7 +973,7 @@ private fun uniffiCheckApiChecksums(lib: IntegrityCheckingUniffiLib) {
     if ((lib.uniffi_murmur_checksum_func_default_config() and 0xFFFF) != 12865) {
         throw RuntimeException("UniFFI API checksum mismatch: try cleaning and rebuilding your project")
     }
-    if ((lib.uniffi_murmur_checksum_method_eventlistener_on_event() and 0xFFFF) != 42291) {
+    if ((lib.uniffi_murmur_checksum_method_eventlistener_on_event() and 0xFFFF) != 27239) {
         throw RuntimeException("UniFFI API checksum mismatch: try cleaning and rebuilding your project")
     }
     if ((lib.uniffi_murmur_checksum_method_subscription_cancel() and 0xFFFF) != 37490) {
@@ -1554,8 +1554,8 @@ public interface EventListener {
     
     /**
      * Called once per event, in order, on a thread of the library's blocking pool. It may
-     * call the swarm (blocking methods included). An exception it raises is reported on
-     * stderr (as a Rust panic message) and delivery continues with the next event.
+     * call the swarm (blocking methods included). An exception it raises is printed on
+     * stderr and delivery continues with the next event.
      */
     fun `onEvent`(`event`: Event)
     
@@ -1670,12 +1670,13 @@ open class EventListenerImpl: Disposable, AutoCloseable, EventListener
     
     /**
      * Called once per event, in order, on a thread of the library's blocking pool. It may
-     * call the swarm (blocking methods included). An exception it raises is reported on
-     * stderr (as a Rust panic message) and delivery continues with the next event.
-     */override fun `onEvent`(`event`: Event)
+     * call the swarm (blocking methods included). An exception it raises is printed on
+     * stderr and delivery continues with the next event.
+     */
+    @Throws(ListenerException::class)override fun `onEvent`(`event`: Event)
         = 
     callWithHandle {
-    uniffiRustCall() { _status ->
+    uniffiRustCallWithError(ListenerException) { _status ->
     UniffiLib.uniffi_murmur_fn_method_eventlistener_on_event(
         it,
         
@@ -1712,7 +1713,12 @@ internal object uniffiCallbackInterfaceEventListener {
                 )
             }
             val writeReturn = { _: Unit -> Unit }
-            uniffiTraitInterfaceCall(uniffiCallStatus, makeCall, writeReturn)
+            uniffiTraitInterfaceCallWithError(
+                uniffiCallStatus,
+                makeCall,
+                writeReturn,
+                { e: ListenerException -> FfiConverterTypeListenerError.lower(e) }
+            )
         }
     }
 
@@ -3364,6 +3370,77 @@ public object FfiConverterTypeEvent : FfiConverterRustBuffer<Event>{
 }
 
 
+
+
+
+
+
+/**
+ * What an [`EventListener`] may raise. Any exception a listener raises arrives as `Failed`.
+ */
+sealed class ListenerException: kotlin.Exception() {
+    
+    /**
+     * The listener failed.
+     */
+    class Failed(
+        
+        /**
+         * The exception, as text.
+         */
+        val `reason`: kotlin.String
+        ) : ListenerException() {
+        override val message
+            get() = "reason=${ `reason` }"
+    }
+    
+
+    
+
+
+    companion object ErrorHandler : UniffiRustCallStatusErrorHandler<ListenerException> {
+        override fun lift(error_buf: RustBuffer.ByValue): ListenerException = FfiConverterTypeListenerError.lift(error_buf)
+    }
+
+    
+}
+
+/**
+ * @suppress
+ */
+public object FfiConverterTypeListenerError : FfiConverterRustBuffer<ListenerException> {
+    override fun read(buf: ByteBuffer): ListenerException {
+        
+
+        return when(buf.getInt()) {
+            1 -> ListenerException.Failed(
+                FfiConverterString.read(buf),
+                )
+            else -> throw RuntimeException("invalid error enum value, something is very wrong!!")
+        }
+    }
+
+    override fun allocationSize(value: ListenerException): ULong {
+        return when(value) {
+            is ListenerException.Failed -> (
+                // Add the size for the Int that specifies the variant plus the size needed for all fields
+                4UL
+                + FfiConverterString.allocationSize(value.`reason`)
+            )
+        }
+    }
+
+    override fun write(value: ListenerException, buf: ByteBuffer) {
+        when(value) {
+            is ListenerException.Failed -> {
+                buf.putInt(1)
+                FfiConverterString.write(value.`reason`, buf)
+                Unit
+            }
+        }.let { /* this makes the `when` an expression, which ensures it is exhaustive */ }
+    }
+
+}
 
 
 
