@@ -654,3 +654,66 @@ impl Subscription {
         self.shared.cancelled.load(Ordering::SeqCst)
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn test_config(dir: &std::path::Path) -> SwarmConfig {
+        SwarmConfig {
+            bind_addr: Some("127.0.0.1:0".into()),
+            relay_mode: Some(RelayMode::Disabled),
+            local_discovery: false,
+            heartbeat_interval_ms: 100,
+            leader_timeout_ms: 500,
+            ..default_config(dir.display().to_string())
+        }
+    }
+
+    /// A foreign executor (here futures-lite's, which is not tokio) only polls a join handle:
+    /// the work itself runs on a thread of the library runtime.
+    #[test]
+    fn async_work_runs_on_the_library_runtime() {
+        let name = futures_lite::future::block_on(on_runtime(async {
+            Ok(std::thread::current().name().map(str::to_string))
+        }))
+        .unwrap();
+        assert_eq!(name.as_deref(), Some("murmur-rt"));
+    }
+
+    #[test]
+    fn async_methods_work_without_a_tokio_context() {
+        let dir = tempfile::tempdir().unwrap();
+        futures_lite::future::block_on(async {
+            let s = Swarm::open_async(test_config(dir.path())).await.unwrap();
+            s.start_async().await.unwrap();
+            s.put_async("k".into(), b"v".to_vec()).await.unwrap();
+            assert_eq!(s.get_async("k".into()).await.unwrap(), Some(b"v".to_vec()));
+            s.delete_async("k".into()).await.unwrap();
+            assert_eq!(
+                s.keys_async(String::new()).await.unwrap(),
+                Vec::<String>::new()
+            );
+            s.shutdown_async().await.unwrap();
+            assert!(matches!(
+                s.get_async("k".into()).await,
+                Err(MurmurError::Closed(_))
+            ));
+        });
+    }
+
+    #[test]
+    fn config_errors_are_typed() {
+        let dir = tempfile::tempdir().unwrap();
+        let mut cfg = test_config(dir.path());
+        cfg.swarm_key = Some(vec![0; 31]);
+        assert!(matches!(Swarm::new(cfg), Err(MurmurError::Config(m)) if m.contains("32 bytes")));
+        let mut cfg = test_config(dir.path());
+        cfg.swarm_key = Some(vec![0; 32]);
+        cfg.swarm_name = Some("x".into());
+        assert!(matches!(Swarm::new(cfg), Err(MurmurError::Config(_))));
+        let mut cfg = test_config(dir.path());
+        cfg.bind_addr = Some("nowhere".into());
+        assert!(matches!(Swarm::new(cfg), Err(MurmurError::Config(m)) if m.contains("bind_addr")));
+    }
+}
