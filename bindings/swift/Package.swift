@@ -3,7 +3,12 @@
 // C header and module map of the Rust library (Sources/murmurFFI). It links the library built by
 // `cargo build --release` at the repository root (../../target/release/libmurmur.{a,dylib,so});
 // for an iOS app, build an XCFramework of the static library instead (see README.md).
+import Foundation
 import PackageDescription
+
+// ../../target/release, from this file's directory (so it does not depend on the working directory).
+let rustLibDir = URL(fileURLWithPath: #filePath).deletingLastPathComponent()
+    .appendingPathComponent("../../target/release").standardized.path
 
 let package = Package(
     name: "Murmur",
@@ -20,7 +25,7 @@ let package = Package(
             path: "Sources/Murmur",
             linkerSettings: [
                 .linkedLibrary("murmur"),
-                .unsafeFlags(["-L", "../../target/release"]),
+                .unsafeFlags(["-L", rustLibDir]),
             ]
         ),
         .testTarget(name: "MurmurTests", dependencies: ["Murmur"], path: "Tests/MurmurTests"),

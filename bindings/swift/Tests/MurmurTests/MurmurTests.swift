@@ -83,6 +83,18 @@ final class Recorder: EventListener, @unchecked Sendable {
     }
 }
 
+struct ListenerBug: Error {}
+
+/// Records every event, then throws: delivery must go on.
+final class Failing: EventListener, @unchecked Sendable {
+    let rec = Recorder()
+
+    func onEvent(event: Event) throws {
+        rec.onEvent(event: event)
+        throw ListenerBug()
+    }
+}
+
 final class MurmurTests: XCTestCase {
     var dir: URL!
     var opened: [Swarm] = []
@@ -181,14 +193,6 @@ final class MurmurTests: XCTestCase {
     }
 
     func testListenerErrorDoesNotStopDelivery() throws {
-        final class Failing: EventListener, @unchecked Sendable {
-            let rec = Recorder()
-            struct Bug: Error {}
-            func onEvent(event: Event) throws {
-                rec.onEvent(event: event)
-                throw Bug()
-            }
-        }
         let a = try open()
         let failing = Failing()
         let sub = try a.subscribe(listener: failing)
@@ -221,28 +225,28 @@ final class MurmurTests: XCTestCase {
     func testErrorsAreTypedWithMessages() throws {
         let a = try open { $0.maxValueSize = 16 }
         XCTAssertThrowsError(try a.put(key: "", value: bytes("x"))) { e in
-            guard case let MurmurError.InvalidKey(message) = e else { return XCTFail("\(e)") }
+            guard case let .InvalidKey(message)? = e as? MurmurError else { return XCTFail("\(e)") }
             XCTAssertTrue(message.contains("invalid key"))
         }
         XCTAssertThrowsError(try a.put(key: "big", value: Data(count: 17))) { e in
-            guard case let MurmurError.ValueTooLarge(message) = e else { return XCTFail("\(e)") }
+            guard case let .ValueTooLarge(message)? = e as? MurmurError else { return XCTFail("\(e)") }
             XCTAssertTrue(message.contains("17 bytes exceeds the limit of 16"))
         }
         XCTAssertThrowsError(try Swarm(config: config(dir.appendingPathComponent("node1")))) { e in
-            guard case MurmurError.Locked = e else { return XCTFail("\(e)") }
+            guard case .Locked? = e as? MurmurError else { return XCTFail("\(e)") }
         }
         XCTAssertThrowsError(try Swarm(config: config(nextDir(), bootstrap: ["not a ticket"]))) { e in
-            guard case MurmurError.InvalidTicket = e else { return XCTFail("\(e)") }
+            guard case .InvalidTicket? = e as? MurmurError else { return XCTFail("\(e)") }
         }
         var bad = config(nextDir())
         bad.heartbeatIntervalMs = 500
         bad.leaderTimeoutMs = 500
         XCTAssertThrowsError(try Swarm(config: bad)) { e in
-            guard case MurmurError.Config = e else { return XCTFail("\(e)") }
+            guard case .Config? = e as? MurmurError else { return XCTFail("\(e)") }
         }
         try a.shutdown()
         XCTAssertThrowsError(try a.get(key: "k")) { e in
-            guard case let MurmurError.Closed(message) = e else { return XCTFail("\(e)") }
+            guard case let .Closed(message)? = e as? MurmurError else { return XCTFail("\(e)") }
             XCTAssertTrue(message.contains("shut down"))
         }
     }
