@@ -1,1 +1,719 @@
 //! uniffi objects for the Python, Kotlin and Swift bindings.
+//!
+//! The foreign API mirrors the Rust one: a [`SwarmConfig`] record holds every
+//! [`SwarmBuilder`](crate::SwarmBuilder) option (with the same defaults), and a [`Swarm`] object
+//! wraps one node. Every operation exists as a blocking method and, for the ones that wait on
+//! I/O, as an `*_async` method (a Python coroutine, a Kotlin `suspend fun`, a Swift `async`
+//! function). Both kinds run the work on the library's own multi-threaded runtime
+//! ([`crate::ffi::runtime`]): blocking calls block the calling thread on it, async calls spawn
+//! onto it and only await the task's handle, so no foreign executor and no fallback runtime ever
+//! drives Murmur's futures.
+//!
+//! Events reach an [`EventListener`] implemented in the foreign language: a task on the library
+//! runtime reads the event stream and calls the listener, one event at a time and in order, on a
+//! thread of the runtime's blocking pool (so a listener may call back into the swarm, blocking
+//! methods included).
+
+use std::{
+    future::Future,
+    net::SocketAddr,
+    sync::{
+        atomic::{AtomicBool, Ordering},
+        Arc, Mutex,
+    },
+    thread::ThreadId,
+    time::Duration,
+};
+
+use crate::{
+    swarm::{DEFAULT_MAX_VALUE_SIZE, DEFAULT_SWARM_NAME},
+    Error,
+};
+
+/// Everything a Murmur call can fail with. Each variant carries the library's explanatory
+/// message (what went wrong and what to do about it).
+#[derive(Debug, thiserror::Error, uniffi::Error)]
+#[uniffi(flat_error)]
+pub enum MurmurError {
+    /// The key is empty, longer than 1024 bytes, or contains a NUL character.
+    #[error("{0}")]
+    InvalidKey(String),
+    /// The value is larger than the configured maximum.
+    #[error("{0}")]
+    ValueTooLarge(String),
+    /// The swarm was shut down; create a new one to continue.
+    #[error("{0}")]
+    Closed(String),
+    /// Another Murmur instance has the data directory open.
+    #[error("{0}")]
+    Locked(String),
+    /// The database cannot be read.
+    #[error("{0}")]
+    Corrupt(String),
+    /// A filesystem or SQLite operation failed.
+    #[error("{0}")]
+    Storage(String),
+    /// A configuration option or argument is not acceptable.
+    #[error("{0}")]
+    Config(String),
+    /// A bootstrap ticket or node address could not be parsed.
+    #[error("{0}")]
+    InvalidTicket(String),
+    /// Networking could not be set up.
+    #[error("{0}")]
+    Network(String),
+    /// The operation needs `start()` first.
+    #[error("{0}")]
+    NotStarted(String),
+    /// The binding layer itself failed (the runtime could not start, a task panicked).
+    #[error("{0}")]
+    Internal(String),
+}
+
+impl From<Error> for MurmurError {
+    fn from(e: Error) -> Self {
+        let msg = e.to_string();
+        match e {
+            Error::InvalidKey { .. } => MurmurError::InvalidKey(msg),
+            Error::ValueTooLarge { .. } => MurmurError::ValueTooLarge(msg),
+            Error::Closed => MurmurError::Closed(msg),
+            Error::Locked { .. } => MurmurError::Locked(msg),
+            Error::Corrupt { .. } => MurmurError::Corrupt(msg),
+            Error::Storage(_) => MurmurError::Storage(msg),
+            Error::Config(_) => MurmurError::Config(msg),
+            Error::InvalidTicket { .. } => MurmurError::InvalidTicket(msg),
+            Error::Network(_) => MurmurError::Network(msg),
+            Error::NotStarted => MurmurError::NotStarted(msg),
+        }
+    }
+}
+
+impl From<std::io::Error> for MurmurError {
+    fn from(e: std::io::Error) -> Self {
+        MurmurError::Internal(format!("cannot start Murmur's runtime: {e}"))
+    }
+}
+
+type Result<T, E = MurmurError> = std::result::Result<T, E>;
+
+/// Which relay servers help peers behind NATs reach each other.
+#[derive(Debug, Clone, PartialEq, Eq, uniffi::Enum)]
+pub enum RelayMode {
+    /// iroh's public relay servers.
+    Default,
+    /// No relays: only direct connections.
+    Disabled,
+    /// Your own relay server, by URL.
+    Custom {
+        /// For example `https://relay.example.com`.
+        url: String,
+    },
+}
+
+/// What a write that returned survives.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, uniffi::Enum)]
+pub enum Durability {
+    /// Power loss (SQLite `synchronous=FULL`).
+    Full,
+    /// A crash of the process, not of the machine (`synchronous=NORMAL`).
+    Process,
+}
+
+/// Every option of the Rust `SwarmBuilder`, with the same defaults.
+#[derive(Debug, Clone, uniffi::Record)]
+pub struct SwarmConfig {
+    /// The data directory (created if missing).
+    #[uniffi(default = "./murmur_data")]
+    pub storage_path: String,
+    /// The 32-byte secret shared by the members of the swarm. At most one of `swarm_key` and
+    /// `swarm_name` may be set; with neither, the default swarm name is used.
+    #[uniffi(default = None)]
+    pub swarm_key: Option<Vec<u8>>,
+    /// Derives the swarm key from a name: an open swarm anyone knowing the name can join.
+    #[uniffi(default = None)]
+    pub swarm_name: Option<String>,
+    /// Peers to join through: tickets from `ticket()`, `<node-id>@<ip>:<port>`, or node IDs.
+    #[uniffi(default = [])]
+    pub bootstrap: Vec<String>,
+    /// The local UDP socket address, such as `"127.0.0.1:0"`. Default: all interfaces, a
+    /// random port.
+    #[uniffi(default = None)]
+    pub bind_addr: Option<String>,
+    /// Relay servers to use. Default (`None`): iroh's public relays.
+    #[uniffi(default = None)]
+    pub relay_mode: Option<RelayMode>,
+    /// Finds peers of the same swarm on the LAN with mDNS.
+    #[uniffi(default = true)]
+    pub local_discovery: bool,
+    /// How often the leader sends heartbeats, in milliseconds.
+    #[uniffi(default = 2000)]
+    pub heartbeat_interval_ms: u64,
+    /// How long without a heartbeat before the leader is presumed gone, in milliseconds; must
+    /// be greater than the heartbeat interval.
+    #[uniffi(default = 5000)]
+    pub leader_timeout_ms: u64,
+    /// What a returned write survives. Default (`None`): `Durability.Full`.
+    #[uniffi(default = None)]
+    pub durability: Option<Durability>,
+    /// Largest value accepted by `put`, in bytes (at most 8 MiB).
+    #[uniffi(default = 1048576)]
+    pub max_value_size: u64,
+    /// Most peers connected at once.
+    #[uniffi(default = 64)]
+    pub max_peers: u32,
+}
+
+impl SwarmConfig {
+    fn into_builder(self) -> Result<crate::SwarmBuilder> {
+        let config = |m: String| MurmurError::from(Error::Config(m));
+        let mut b = crate::Swarm::builder()
+            .storage_path(self.storage_path)
+            .bootstrap(self.bootstrap)
+            .local_discovery(self.local_discovery)
+            .heartbeat_interval(Duration::from_millis(self.heartbeat_interval_ms))
+            .leader_timeout(Duration::from_millis(self.leader_timeout_ms))
+            .max_value_size(usize::try_from(self.max_value_size).unwrap_or(usize::MAX))
+            .max_peers(self.max_peers as usize);
+        b = match (self.swarm_key, self.swarm_name) {
+            (Some(_), Some(_)) => {
+                return Err(config("set swarm_key or swarm_name, not both".into()))
+            }
+            (Some(key), None) => {
+                let key: [u8; 32] = key.as_slice().try_into().map_err(|_| {
+                    config(format!(
+                        "swarm_key must be exactly 32 bytes, not {}",
+                        key.len()
+                    ))
+                })?;
+                b.swarm_key(key)
+            }
+            (None, Some(name)) => b.swarm_name(&name),
+            (None, None) => b.swarm_name(DEFAULT_SWARM_NAME),
+        };
+        if let Some(addr) = self.bind_addr {
+            let addr: SocketAddr = addr
+                .parse()
+                .map_err(|e| config(format!("bind_addr {addr:?}: {e}")))?;
+            b = b.bind_addr(addr);
+        }
+        if let Some(mode) = self.relay_mode {
+            b = b.relay_mode(match mode {
+                RelayMode::Default => crate::RelayMode::Default,
+                RelayMode::Disabled => crate::RelayMode::Disabled,
+                RelayMode::Custom { url } => crate::RelayMode::Custom(url),
+            });
+        }
+        if let Some(d) = self.durability {
+            b = b.durability(match d {
+                Durability::Full => crate::Durability::Full,
+                Durability::Process => crate::Durability::Process,
+            });
+        }
+        Ok(b)
+    }
+}
+
+/// The default configuration (the defaults of the Rust `SwarmBuilder`) for `storage_path`.
+#[uniffi::export]
+pub fn default_config(storage_path: String) -> SwarmConfig {
+    SwarmConfig {
+        storage_path,
+        swarm_key: None,
+        swarm_name: None,
+        bootstrap: Vec::new(),
+        bind_addr: None,
+        relay_mode: None,
+        local_discovery: true,
+        heartbeat_interval_ms: 2000,
+        leader_timeout_ms: 5000,
+        durability: None,
+        max_value_size: DEFAULT_MAX_VALUE_SIZE as u64,
+        max_peers: 64,
+    }
+}
+
+/// How the connection to a peer runs.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, uniffi::Enum)]
+pub enum PathKind {
+    /// A direct UDP path.
+    Direct,
+    /// Through a relay server.
+    Relayed,
+    /// Not connected.
+    None,
+}
+
+/// What `peers()` reports about one peer.
+#[derive(Debug, Clone, PartialEq, uniffi::Record)]
+pub struct PeerInfo {
+    /// The peer's node ID.
+    pub id: String,
+    /// Whether an authenticated connection is open.
+    pub connected: bool,
+    /// How the connection runs.
+    pub path: PathKind,
+    /// Round-trip time of the connection's selected path, in milliseconds.
+    pub rtt_ms: Option<f64>,
+}
+
+impl From<crate::PeerInfo> for PeerInfo {
+    fn from(p: crate::PeerInfo) -> Self {
+        PeerInfo {
+            id: p.id,
+            connected: p.connected,
+            path: match p.path {
+                crate::PathKind::Direct => PathKind::Direct,
+                crate::PathKind::Relayed => PathKind::Relayed,
+                crate::PathKind::None => PathKind::None,
+            },
+            rtt_ms: p.rtt.map(|d| d.as_secs_f64() * 1000.0),
+        }
+    }
+}
+
+/// Something that happened to the map or to the swarm.
+#[derive(Debug, Clone, PartialEq, Eq, uniffi::Enum)]
+pub enum Event {
+    /// A key now holds a new value (written here or by a peer).
+    Put {
+        /// The key.
+        key: String,
+        /// Its new value.
+        value: Vec<u8>,
+        /// The node that wrote it.
+        origin: String,
+    },
+    /// A key was deleted (here or by a peer).
+    Deleted {
+        /// The key.
+        key: String,
+        /// The node that deleted it.
+        origin: String,
+    },
+    /// The leader this node reports changed (`None`: an election is running).
+    LeaderChanged {
+        /// The new leader's node ID.
+        leader: Option<String>,
+        /// The leader's term, strictly increasing.
+        term: u64,
+    },
+    /// An authenticated connection to a peer was established.
+    PeerUp {
+        /// The peer's node ID.
+        peer: String,
+    },
+    /// The connection to a peer was lost.
+    PeerDown {
+        /// The peer's node ID.
+        peer: String,
+    },
+    /// The listener fell behind and `missed` events were dropped for it.
+    Lagged {
+        /// How many events were dropped.
+        missed: u64,
+    },
+}
+
+impl From<crate::Event> for Event {
+    fn from(e: crate::Event) -> Self {
+        match e {
+            crate::Event::Put { key, value, origin } => Event::Put { key, value, origin },
+            crate::Event::Deleted { key, origin } => Event::Deleted { key, origin },
+            crate::Event::LeaderChanged { leader, term } => Event::LeaderChanged { leader, term },
+            crate::Event::PeerUp { peer } => Event::PeerUp { peer },
+            crate::Event::PeerDown { peer } => Event::PeerDown { peer },
+            crate::Event::Lagged { missed } => Event::Lagged { missed },
+        }
+    }
+}
+
+/// What an [`EventListener`] may raise. Any exception a listener raises arrives as `Failed`.
+#[derive(Debug, thiserror::Error, uniffi::Error)]
+pub enum ListenerError {
+    /// The listener failed.
+    #[error("{reason}")]
+    Failed {
+        /// The exception, as text.
+        reason: String,
+    },
+}
+
+impl From<uniffi::UnexpectedUniFFICallbackError> for ListenerError {
+    fn from(e: uniffi::UnexpectedUniFFICallbackError) -> Self {
+        ListenerError::Failed { reason: e.reason }
+    }
+}
+
+/// Receives a swarm's events; implemented in the foreign language and passed to
+/// `Swarm.subscribe`.
+#[uniffi::export(foreign)]
+pub trait EventListener: Send + Sync {
+    /// Called once per event, in order, on a thread of the library's blocking pool. It may
+    /// call the swarm (blocking methods included). An exception it raises is printed on
+    /// stderr and delivery continues with the next event.
+    fn on_event(&self, event: Event) -> Result<(), ListenerError>;
+}
+
+/// Runs `fut` to completion on the library runtime, blocking the calling thread.
+fn block_on<F: Future>(fut: F) -> Result<F::Output> {
+    let rt = crate::ffi::runtime()?;
+    Ok(match tokio::runtime::Handle::try_current() {
+        // On a thread of a multi-threaded runtime (a listener, or a foreign caller that
+        // runs inside one): tell it this thread blocks.
+        Ok(h) if h.runtime_flavor() == tokio::runtime::RuntimeFlavor::MultiThread => {
+            tokio::task::block_in_place(|| rt.block_on(fut))
+        }
+        Ok(_) => {
+            return Err(MurmurError::Internal(
+                "blocking Murmur calls cannot run inside a single-threaded tokio runtime; use the async methods".into(),
+            ))
+        }
+        Err(_) => rt.block_on(fut),
+    })
+}
+
+/// Runs `fut` as a task of the library runtime and awaits its end: the foreign executor only
+/// polls the task's handle.
+async fn on_runtime<F, T>(fut: F) -> Result<T>
+where
+    F: Future<Output = Result<T>> + Send + 'static,
+    T: Send + 'static,
+{
+    crate::ffi::runtime()?
+        .spawn(fut)
+        .await
+        .map_err(|e| MurmurError::Internal(format!("a Murmur task failed: {e}")))?
+}
+
+/// One node of a swarm: a full replica of the shared key-value map.
+#[derive(uniffi::Object)]
+pub struct Swarm {
+    /// Always `Some` except while dropping.
+    core: Option<crate::Swarm>,
+}
+
+impl Drop for Swarm {
+    fn drop(&mut self) {
+        // Dropping the last handle without shutdown() stops the node's tasks; that needs the
+        // runtime's context, which a foreign finalizer thread does not have.
+        if let Ok(rt) = crate::ffi::runtime() {
+            let _guard = rt.enter();
+            drop(self.core.take());
+        }
+    }
+}
+
+impl Swarm {
+    fn core(&self) -> crate::Swarm {
+        self.core.clone().expect("the swarm handle is alive")
+    }
+
+    async fn open(config: SwarmConfig) -> Result<Arc<Self>> {
+        let builder = config.into_builder()?;
+        let core = on_runtime(async move { Ok(builder.build().await?) }).await?;
+        Ok(Arc::new(Swarm { core: Some(core) }))
+    }
+}
+
+#[uniffi::export]
+impl Swarm {
+    /// Opens the data directory and binds the endpoint (blocking). Networking begins with
+    /// `start()`.
+    #[uniffi::constructor]
+    pub fn new(config: SwarmConfig) -> Result<Arc<Self>> {
+        block_on(Self::open(config))?
+    }
+
+    /// Opens the data directory and binds the endpoint, asynchronously.
+    #[uniffi::constructor]
+    pub async fn open_async(config: SwarmConfig) -> Result<Arc<Self>> {
+        Self::open(config).await
+    }
+
+    /// Begins networking and leader election. Calling it again does nothing.
+    pub fn start(&self) -> Result<()> {
+        let s = self.core();
+        block_on(async move { s.start().await })??;
+        Ok(())
+    }
+
+    /// `start()`, asynchronously.
+    pub async fn start_async(&self) -> Result<()> {
+        let s = self.core();
+        on_runtime(async move { Ok(s.start().await?) }).await
+    }
+
+    /// Sets `key` to `value`; returns once the write is durable locally.
+    pub fn put(&self, key: String, value: Vec<u8>) -> Result<()> {
+        let s = self.core();
+        block_on(async move { s.put(&key, value).await })??;
+        Ok(())
+    }
+
+    /// `put()`, asynchronously.
+    pub async fn put_async(&self, key: String, value: Vec<u8>) -> Result<()> {
+        let s = self.core();
+        on_runtime(async move { Ok(s.put(&key, value).await?) }).await
+    }
+
+    /// The value of `key` in the local replica, or null/None/nil.
+    pub fn get(&self, key: String) -> Result<Option<Vec<u8>>> {
+        let s = self.core();
+        Ok(block_on(async move { s.get(&key).await })??)
+    }
+
+    /// `get()`, asynchronously.
+    pub async fn get_async(&self, key: String) -> Result<Option<Vec<u8>>> {
+        let s = self.core();
+        on_runtime(async move { Ok(s.get(&key).await?) }).await
+    }
+
+    /// Deletes `key` (deleting an absent key succeeds). Durable on return.
+    pub fn delete(&self, key: String) -> Result<()> {
+        let s = self.core();
+        block_on(async move { s.delete(&key).await })??;
+        Ok(())
+    }
+
+    /// `delete()`, asynchronously.
+    pub async fn delete_async(&self, key: String) -> Result<()> {
+        let s = self.core();
+        on_runtime(async move { Ok(s.delete(&key).await?) }).await
+    }
+
+    /// Keys of the local replica that start with `prefix` (all keys for `""`), in byte order.
+    pub fn keys(&self, prefix: String) -> Result<Vec<String>> {
+        let s = self.core();
+        Ok(block_on(async move { s.keys(&prefix).await })??)
+    }
+
+    /// `keys()`, asynchronously.
+    pub async fn keys_async(&self, prefix: String) -> Result<Vec<String>> {
+        let s = self.core();
+        on_runtime(async move { Ok(s.keys(&prefix).await?) }).await
+    }
+
+    /// Number of keys in the local replica.
+    pub fn len(&self) -> Result<u64> {
+        let s = self.core();
+        Ok(block_on(async move { s.len().await })?? as u64)
+    }
+
+    /// Whether the local replica holds no key.
+    pub fn is_empty(&self) -> Result<bool> {
+        Ok(self.len()? == 0)
+    }
+
+    /// Whether this node is the leader.
+    pub fn is_leader(&self) -> Result<bool> {
+        let s = self.core();
+        block_on(async move { s.is_leader().await })
+    }
+
+    /// The leader's node ID, if one is known.
+    pub fn leader_id(&self) -> Result<Option<String>> {
+        let s = self.core();
+        block_on(async move { s.leader_id().await })
+    }
+
+    /// The current leader's term (0 before any leader is known).
+    pub fn leader_term(&self) -> Result<u64> {
+        let s = self.core();
+        block_on(async move { s.leader_term().await })
+    }
+
+    /// This node's ID (stable across restarts from the same data directory).
+    pub fn node_id(&self) -> String {
+        self.core().node_id()
+    }
+
+    /// What another node passes in `SwarmConfig.bootstrap` to join through this one.
+    pub fn ticket(&self) -> String {
+        self.core().ticket()
+    }
+
+    /// The peers this node knows.
+    pub fn peers(&self) -> Result<Vec<PeerInfo>> {
+        let s = self.core();
+        let peers = block_on(async move { s.peers().await })?;
+        Ok(peers.into_iter().map(Into::into).collect())
+    }
+
+    /// Folds the stored change history into a snapshot now.
+    pub fn compact(&self) -> Result<()> {
+        let s = self.core();
+        block_on(async move { s.compact().await })??;
+        Ok(())
+    }
+
+    /// Stops gracefully and releases the data directory. Every call afterwards fails with
+    /// `Closed`; subscriptions end.
+    pub fn shutdown(&self) -> Result<()> {
+        let s = self.core();
+        block_on(async move { s.shutdown().await })??;
+        Ok(())
+    }
+
+    /// `shutdown()`, asynchronously.
+    pub async fn shutdown_async(&self) -> Result<()> {
+        let s = self.core();
+        on_runtime(async move { Ok(s.shutdown().await?) }).await
+    }
+
+    /// Delivers every event from now on to `listener` until `Subscription.cancel()` is called
+    /// or the swarm shuts down.
+    pub fn subscribe(&self, listener: Arc<dyn EventListener>) -> Result<Arc<Subscription>> {
+        let rt = crate::ffi::runtime()?;
+        let mut stream = self.core().subscribe();
+        let shared = Arc::new(SubShared::default());
+        let task_shared = shared.clone();
+        let task = rt.spawn(async move {
+            while let Some(event) = stream.recv().await {
+                if task_shared.cancelled.load(Ordering::SeqCst) {
+                    break;
+                }
+                let (l, sh) = (listener.clone(), task_shared.clone());
+                let delivered = tokio::task::spawn_blocking(move || sh.deliver(&*l, event)).await;
+                if let Err(e) = delivered {
+                    tracing::warn!("an event listener failed: {e}");
+                }
+            }
+        });
+        Ok(Arc::new(Subscription {
+            shared,
+            task: task.abort_handle(),
+        }))
+    }
+}
+
+#[derive(Default)]
+struct SubShared {
+    cancelled: AtomicBool,
+    /// Held while the listener runs, so `cancel` can wait for a delivery in progress.
+    delivering: Mutex<()>,
+    /// The thread running the listener, if one is.
+    deliverer: Mutex<Option<ThreadId>>,
+}
+
+impl SubShared {
+    fn deliver(&self, listener: &dyn EventListener, event: crate::Event) {
+        let _running = self.delivering.lock().unwrap_or_else(|p| p.into_inner());
+        if self.cancelled.load(Ordering::SeqCst) {
+            return;
+        }
+        *self.deliverer.lock().unwrap_or_else(|p| p.into_inner()) =
+            Some(std::thread::current().id());
+        struct Clear<'a>(&'a Mutex<Option<ThreadId>>);
+        impl Drop for Clear<'_> {
+            fn drop(&mut self) {
+                *self.0.lock().unwrap_or_else(|p| p.into_inner()) = None;
+            }
+        }
+        let _clear = Clear(&self.deliverer);
+        if let Err(e) = listener.on_event(event.into()) {
+            // Like an uncaught exception in a thread: say so, and carry on.
+            eprintln!("murmur: an event listener raised an exception (delivery continues): {e}");
+            tracing::warn!("an event listener raised an exception: {e}");
+        }
+    }
+}
+
+/// An event subscription; events flow until `cancel()` or the swarm's shutdown.
+#[derive(uniffi::Object)]
+pub struct Subscription {
+    shared: Arc<SubShared>,
+    task: tokio::task::AbortHandle,
+}
+
+#[uniffi::export]
+impl Subscription {
+    /// Stops the delivery. When it returns, the listener is not running (unless `cancel` is
+    /// called from the listener itself) and will not be called again.
+    pub fn cancel(&self) {
+        self.shared.cancelled.store(true, Ordering::SeqCst);
+        self.task.abort();
+        let me = std::thread::current().id();
+        let deliverer = *self
+            .shared
+            .deliverer
+            .lock()
+            .unwrap_or_else(|p| p.into_inner());
+        if deliverer != Some(me) {
+            // Wait for a delivery in progress on another thread.
+            drop(
+                self.shared
+                    .delivering
+                    .lock()
+                    .unwrap_or_else(|p| p.into_inner()),
+            );
+        }
+    }
+
+    /// Whether `cancel()` was called.
+    pub fn is_cancelled(&self) -> bool {
+        self.shared.cancelled.load(Ordering::SeqCst)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn test_config(dir: &std::path::Path) -> SwarmConfig {
+        SwarmConfig {
+            bind_addr: Some("127.0.0.1:0".into()),
+            relay_mode: Some(RelayMode::Disabled),
+            local_discovery: false,
+            heartbeat_interval_ms: 100,
+            leader_timeout_ms: 500,
+            ..default_config(dir.display().to_string())
+        }
+    }
+
+    /// A foreign executor (here futures-lite's, which is not tokio) only polls a join handle:
+    /// the work itself runs on a thread of the library runtime.
+    #[test]
+    fn async_work_runs_on_the_library_runtime() {
+        let name = futures_lite::future::block_on(on_runtime(async {
+            Ok(std::thread::current().name().map(str::to_string))
+        }))
+        .unwrap();
+        assert_eq!(name.as_deref(), Some("murmur-rt"));
+    }
+
+    #[test]
+    fn async_methods_work_without_a_tokio_context() {
+        let dir = tempfile::tempdir().unwrap();
+        futures_lite::future::block_on(async {
+            let s = Swarm::open_async(test_config(dir.path())).await.unwrap();
+            s.start_async().await.unwrap();
+            s.put_async("k".into(), b"v".to_vec()).await.unwrap();
+            assert_eq!(s.get_async("k".into()).await.unwrap(), Some(b"v".to_vec()));
+            s.delete_async("k".into()).await.unwrap();
+            assert_eq!(
+                s.keys_async(String::new()).await.unwrap(),
+                Vec::<String>::new()
+            );
+            s.shutdown_async().await.unwrap();
+            assert!(matches!(
+                s.get_async("k".into()).await,
+                Err(MurmurError::Closed(_))
+            ));
+        });
+    }
+
+    #[test]
+    fn config_errors_are_typed() {
+        let dir = tempfile::tempdir().unwrap();
+        let mut cfg = test_config(dir.path());
+        cfg.swarm_key = Some(vec![0; 31]);
+        assert!(matches!(Swarm::new(cfg), Err(MurmurError::Config(m)) if m.contains("32 bytes")));
+        let mut cfg = test_config(dir.path());
+        cfg.swarm_key = Some(vec![0; 32]);
+        cfg.swarm_name = Some("x".into());
+        assert!(matches!(Swarm::new(cfg), Err(MurmurError::Config(_))));
+        let mut cfg = test_config(dir.path());
+        cfg.bind_addr = Some("nowhere".into());
+        assert!(matches!(Swarm::new(cfg), Err(MurmurError::Config(m)) if m.contains("bind_addr")));
+    }
+}
