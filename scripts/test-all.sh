@@ -25,9 +25,15 @@ grep -q "new leader" target/demo.log
 step "C ABI: header, C and C++ examples, misuse test, valgrind"
 bash scripts/test-c.sh
 
+step "Python, Kotlin and Swift bindings"
+bash scripts/test-bindings.sh
+
 step "multi-host suite: real processes in network namespaces (needs root)"
 command -v ip >/dev/null || { apt-get update -qq && apt-get install -y -qq iproute2; }
 cargo build -q --bin murmur --example local_relay
 python3 tests/netns/suite.py
+
+step "fuzz targets, a short bounded run each (longer by hand: see fuzz/run.sh)"
+bash fuzz/run.sh 5
 
 step "all passed"
