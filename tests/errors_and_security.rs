@@ -183,7 +183,12 @@ async fn rotating_the_swarm_key_shuts_out_a_removed_member() {
     let start = |i: usize, key: [u8; 32], peers: Vec<String>| {
         let dir = dirs[i].path().to_path_buf();
         async move {
-            let s = builder(&dir).swarm_key(key).bootstrap(peers).build().await.unwrap();
+            let s = builder(&dir)
+                .swarm_key(key)
+                .bootstrap(peers)
+                .build()
+                .await
+                .unwrap();
             s.start().await.unwrap();
             s
         }
@@ -199,7 +204,10 @@ async fn rotating_the_swarm_key_shuts_out_a_removed_member() {
     b.shutdown().await.unwrap();
     let a = start(0, k2, vec![]).await;
     let b = start(1, k2, vec![a.ticket()]).await;
-    removed.put("from-removed", b"should not arrive").await.unwrap();
+    removed
+        .put("from-removed", b"should not arrive")
+        .await
+        .unwrap();
     a.put("after", b"members only").await.unwrap();
     wait_until("B gets writes made after the rotation", || async {
         b.get("after").await.unwrap().is_some()
