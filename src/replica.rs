@@ -269,10 +269,13 @@ impl Replica {
         let peer_addrs = store.peer_addrs()?;
         let saved_sync = store.peer_sync_states()?.into_iter().collect();
 
+        // One scan of the stored hashes: a lookup per key costs a parse and a lock each, which
+        // dominated reopen time at 100k keys (BENCHMARKS.md, W5).
+        let stored_hashes = store.blob_hashes()?;
         let mut map = BTreeMap::new();
         let mut pending: HashMap<ValueHash, HashSet<String>> = HashMap::new();
         for (key, e) in doc.entries() {
-            if store.has_blob(&e.hash)? {
+            if stored_hashes.contains(&e.hash) {
                 map.insert(key, e.hash);
             } else {
                 pending.entry(e.hash).or_default().insert(key);

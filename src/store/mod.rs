@@ -199,13 +199,18 @@ impl Store {
         Ok(StoredDoc { snapshot, changes })
     }
 
-    /// Hashes of all stored blobs (used at open to find values still to fetch).
-    pub fn has_blob(&self, hash: &[u8]) -> Result<bool> {
-        Ok(self
-            .conn
-            .query_row("SELECT 1 FROM blobs WHERE hash = ?1", [hash], |_| Ok(()))
-            .optional()?
-            .is_some())
+    /// Hashes of all stored values (read once at open, to find values still to fetch).
+    pub fn blob_hashes(&self) -> Result<std::collections::HashSet<[u8; 16]>> {
+        let mut stmt = self.conn.prepare("SELECT hash FROM blobs")?;
+        let rows = stmt.query_map([], |r| r.get::<_, Vec<u8>>(0))?;
+        let mut out = std::collections::HashSet::new();
+        for h in rows {
+            // A malformed hash cannot match any key: skipping it only costs a refetch.
+            if let Ok(h) = <[u8; 16]>::try_from(h?.as_slice()) {
+                out.insert(h);
+            }
+        }
+        Ok(out)
     }
 
     /// Reads one blob.
