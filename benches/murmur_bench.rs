@@ -1587,6 +1587,12 @@ async fn w8(sz: &Sizes, rows: &mut Vec<Row>, notes: &mut Vec<String>) -> Result<
 
 fn main() -> Result<()> {
     let args: Vec<String> = std::env::args().skip(1).collect();
+    // `cargo bench` passes `--bench`; `cargo test --all-targets` runs this binary without it.
+    // A benchmark takes minutes and is no test: only run when asked to.
+    if !args.iter().any(|a| a == "--bench" || a == "--w8-child") {
+        println!("murmur_bench: not run (use `cargo bench --bench murmur_bench [-- --quick]`)");
+        return Ok(());
+    }
     let rt = tokio::runtime::Builder::new_multi_thread()
         .enable_all()
         .build()?;
