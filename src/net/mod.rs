@@ -400,7 +400,9 @@ impl Node {
                     old.conn
                         .close(close::DUPLICATE, b"replaced by a newer connection");
                 }
-                let _ = keep.send(None);
+                // The replica must know the connection before the connection task forwards
+                // its first message (both go through the replica's FIFO queue), or that
+                // message would be dropped as coming from an unknown connection.
                 let _ = self
                     .shared
                     .replica_tx
@@ -410,6 +412,7 @@ impl Node {
                         tx: data,
                     })
                     .await;
+                let _ = keep.send(None);
                 if let Some(k) = self.known.get_mut(&peer) {
                     k.backoff = BACKOFF_MIN;
                 }
