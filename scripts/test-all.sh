@@ -1,6 +1,6 @@
 #!/usr/bin/env bash
 # Runs every test of the project: formatting, lints, the Rust unit and integration tests, and
-# the examples. It installs what it needs on a fresh machine. Usage: bash scripts/test-all.sh
+# the examples. It installs what it needs on a fresh machine. Usage: ./scripts/test-all.sh
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
