@@ -454,7 +454,13 @@ impl Node {
                                     .replica_tx
                                     .try_send(Command::SavePeerAddr { peer, addr: bytes });
                             }
-                            self.learn(me);
+                            // Until now we could not tell our other peers about this one (we
+                            // did not know its address: it dialed us). Tell them, or two nodes
+                            // that joined through us at the same moment never meet.
+                            let addr = me.clone();
+                            if self.learn(me) {
+                                self.introduce(peer, addr);
+                            }
                         }
                         for a in known.into_iter().take(self.cfg.max_peers * 4) {
                             self.learn(a);
@@ -476,7 +482,9 @@ impl Node {
                     }
                 }
             }
-            NodeEvent::Discovered(addr) => self.learn(addr),
+            NodeEvent::Discovered(addr) => {
+                self.learn(addr);
+            }
             NodeEvent::Peers(reply) => {
                 let _ = reply.send(self.peer_infos());
             }
@@ -519,17 +527,33 @@ impl Node {
         }
     }
 
-    /// Adds or refreshes a peer to connect to.
-    fn learn(&mut self, addr: EndpointAddr) {
+    /// Sends the address of `peer` to every other connected peer (peer exchange).
+    fn introduce(&self, peer: NodeBytes, addr: EndpointAddr) {
+        let msg = ControlMsg::Peers {
+            me: self.endpoint.addr(),
+            known: vec![addr],
+        };
+        for (id, p) in &self.peers {
+            if *id != peer {
+                let _ = p.control.try_send(msg.clone());
+            }
+        }
+    }
+
+    /// Adds or refreshes a peer to connect to. Returns whether the address is news (a new peer
+    /// or a changed address).
+    fn learn(&mut self, addr: EndpointAddr) -> bool {
         let id = *addr.id.as_bytes();
         if id == self.shared.me {
-            return;
+            return false;
         }
         match self.known.get_mut(&id) {
             Some(k) => {
-                if !addr.is_empty() {
+                if !addr.is_empty() && k.addr != addr {
                     k.addr = addr;
+                    return true;
                 }
+                false
             }
             None => {
                 self.known.insert(
@@ -541,6 +565,7 @@ impl Node {
                         next_attempt: Instant::now(),
                     },
                 );
+                true
             }
         }
     }

@@ -90,21 +90,32 @@ pub async fn converge(nodes: &[&Swarm]) -> Vec<(String, Vec<u8>)> {
 }
 
 /// Waits until every node reports `expected` as leader, exactly one says it is the leader.
+/// On timeout, panics with what each node believed.
 pub async fn agree_on_leader(nodes: &[&Swarm], expected: &str) {
-    wait_until(&format!("all nodes agree the leader is {expected}"), || {
-        let nodes = nodes.to_vec();
-        async move {
-            let mut leaders = 0;
-            for n in &nodes {
-                if n.leader_id().await.as_deref() != Some(expected) {
-                    return false;
-                }
-                leaders += n.is_leader().await as usize;
-            }
-            leaders == 1
+    let deadline = tokio::time::Instant::now() + DEADLINE;
+    loop {
+        let mut views = Vec::new();
+        for n in nodes {
+            views.push((
+                n.node_id(),
+                n.leader_id().await,
+                n.is_leader().await,
+                n.leader_term().await,
+            ));
         }
-    })
-    .await;
+        let agreed = views.iter().all(|v| v.1.as_deref() == Some(expected))
+            && views.iter().filter(|v| v.2).count() == 1;
+        if agreed {
+            return;
+        }
+        if tokio::time::Instant::now() > deadline {
+            panic!(
+                "timed out after {DEADLINE:?} waiting for all nodes to agree the leader is \
+                 {expected}; (node, leader, is_leader, term) per node: {views:#?}"
+            );
+        }
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
 }
 
 pub fn init_tracing() {
