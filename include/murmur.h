@@ -175,6 +175,11 @@ typedef enum MurmurEventKind {
    * This subscriber fell behind and `missed` events were dropped for it.
    */
   MURMUR_EVENT_LAGGED = 5,
+  /**
+   * This replica entered a new history epoch (`epoch`, `term`, `keys`, `bytes_before`,
+   * `bytes_after`): its stored history was replaced by the live entries.
+   */
+  MURMUR_EVENT_COMPACTED = 6,
 } MurmurEventKind;
 
 /**
@@ -291,7 +296,8 @@ typedef struct MurmurEvent {
    */
   const char *leader;
   /**
-   * LEADER_CHANGED: the leader's term.
+   * LEADER_CHANGED: the leader's term. COMPACTED: the term of the leader that started the
+   * epoch.
    */
   uint64_t term;
   /**
@@ -302,6 +308,22 @@ typedef struct MurmurEvent {
    * LAGGED: how many events were dropped.
    */
   uint64_t missed;
+  /**
+   * COMPACTED: the epoch's sequence number.
+   */
+  uint64_t epoch;
+  /**
+   * COMPACTED: live keys after the switch.
+   */
+  uint64_t keys;
+  /**
+   * COMPACTED: bytes of the stored document before.
+   */
+  uint64_t bytes_before;
+  /**
+   * COMPACTED: bytes of the stored document after.
+   */
+  uint64_t bytes_after;
 } MurmurEvent;
 
 /**

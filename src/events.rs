@@ -48,6 +48,21 @@ pub enum Event {
         /// The peer's node ID.
         peer: String,
     },
+    /// This replica entered a new history epoch: its stored history was replaced by the live
+    /// entries (see [`crate::history`]). On the leader this is a compaction it started; on the
+    /// others, adopting it.
+    Compacted {
+        /// The epoch's sequence number.
+        epoch: u64,
+        /// The term of the leader that started it.
+        term: u64,
+        /// Live keys after the switch.
+        keys: u64,
+        /// Bytes of the stored document before.
+        bytes_before: u64,
+        /// Bytes of the stored document after.
+        bytes_after: u64,
+    },
     /// This subscriber fell behind and `missed` events were dropped for it. Read the current
     /// state with `get` if it matters.
     Lagged {

@@ -5,6 +5,7 @@
 //! a data directory. None may panic, whatever the input. `tests` runs each on seeded random
 //! inputs in the normal test suite; `cargo fuzz` (see `fuzz/`) searches much harder.
 
+use crate::history::EpochId;
 use std::{
     sync::{
         atomic::{AtomicU64, Ordering},
@@ -52,12 +53,12 @@ fn templates() -> &'static (Vec<u8>, Vec<u8>) {
         };
         let mut change = Vec::new();
         for i in 0..4u8 {
-            let _ = d.put(&format!("k{i}"), &value_hash(&[i]));
+            let _ = d.put(&format!("k{i}"), &value_hash(&[i]), u64::from(i) + 1);
             if let Some(c) = d.commit() {
                 change = c.raw_bytes().to_vec();
             }
         }
-        let _ = d.delete("k1");
+        let _ = d.delete("k1", 9);
         d.commit();
         let sync = d
             .generate_sync_message(&mut State::new())
@@ -90,24 +91,28 @@ pub fn sync_input(data: &[u8]) {
     let Ok(mut doc) = KvDoc::load(None, &[], &[9; 32]) else {
         return;
     };
-    let _ = doc.put("existing", &value_hash(b"v"));
+    let _ = doc.put("existing", &value_hash(b"v"), 1);
     doc.commit();
     let mut peer = PeerSync::new(None);
     let (change, sync) = templates();
     let msgs = match mode % 5 {
         0 => vec![DataMsg::Push {
+            epoch: EpochId::ZERO,
             changes: vec![rest.to_vec()],
             values: vec![],
         }],
         1 => vec![DataMsg::Sync {
+            epoch: EpochId::ZERO,
             part: rest.to_vec(),
             last: true,
         }],
         2 => vec![DataMsg::Push {
+            epoch: EpochId::ZERO,
             changes: vec![mutate(change, rest)],
             values: vec![b"x".to_vec()],
         }],
         3 => vec![DataMsg::Sync {
+            epoch: EpochId::ZERO,
             part: mutate(sync, rest),
             last: true,
         }],
@@ -118,7 +123,7 @@ pub fn sync_input(data: &[u8]) {
     };
     for m in msgs {
         let _ = peer.receive(&mut doc, m);
-        let _ = peer.poll(&mut doc);
+        let _ = peer.poll(&mut doc, EpochId::ZERO);
     }
     let _ = doc.entries();
     let _ = doc.visible_hashes();
@@ -164,7 +169,7 @@ fn db_template() -> &'static Vec<u8> {
             let mut store = Store::open(&dir, Durability::Process).ok()?;
             store.secret_key().ok()?;
             let mut doc = KvDoc::load(None, &[], &[3; 32]).ok()?;
-            doc.put("a", &value_hash(b"1")).ok()?;
+            doc.put("a", &value_hash(b"1"), 1).ok()?;
             let change = doc.commit()?;
             let tx = store.tx().ok()?;
             tx.insert_blob(&value_hash(b"1"), b"1").ok()?;

@@ -19,8 +19,9 @@
 //! - [`swarm`]: the public API; owns the layers below.
 //! - `replica`: the writer thread: group commit, read view, events, drives sync.
 //! - `store`: SQLite schema and transactions.
-//! - `doc`: the automerge document as a map of keys to value hashes.
+//! - `doc`: the automerge document as a map of keys to value hashes and clock stamps.
 //! - `sync`: sans-IO per-peer replication (push + automerge sync).
+//! - [`history`]: sans-IO epochs that bound stored history (compaction across the swarm).
 //! - `election`: sans-IO Bully election with terms.
 //! - `net`: iroh endpoint, handshake, framing, peer table, election driver.
 //! - [`ffi`]: the C ABI and the uniffi objects, on one library-owned runtime.
@@ -34,6 +35,7 @@ mod events;
 pub mod ffi;
 #[doc(hidden)]
 pub mod fuzzing;
+pub mod history;
 pub(crate) mod net;
 pub(crate) mod replica;
 pub(crate) mod store;
@@ -42,6 +44,7 @@ pub(crate) mod sync;
 
 pub use error::{Error, Result};
 pub use events::{Event, EventStream};
+pub use history::{EpochId, Policy as CompactionPolicy};
 pub use net::{auth::SwarmKey, wire::ALPN, PathKind, PeerInfo};
 pub use store::Durability;
 pub use swarm::{

@@ -14,15 +14,17 @@ use std::{
     collections::{BTreeMap, HashMap, HashSet},
     path::PathBuf,
     sync::{Arc, Mutex, RwLock},
+    time::Instant,
 };
 
 use tokio::sync::{broadcast, mpsc, oneshot};
 use tracing::{debug, warn};
 
 use crate::{
-    doc::{self, value_hash, KvDoc, NodeBytes, ValueHash},
+    doc::{self, hlc::Hlc, value_hash, KvDoc, NodeBytes, ValueHash},
     error::{Error, Result},
     events::Event,
+    history::{self, Action, Coordinator, EpochId, Policy, Usage},
     store::{Durability, Reader, Store},
     sync::{DataMsg, PeerSync, Received},
 };
@@ -72,8 +74,14 @@ pub(crate) enum Command {
         msg: DataMsg,
         _permit: tokio::sync::OwnedSemaphorePermit,
     },
-    /// Anti-entropy: run a sync round with every peer, re-request missing values.
+    /// Anti-entropy: run a sync round with every peer, re-request missing values; and the
+    /// compaction policy's timer.
     Tick,
+    /// The election's outcome changed: `leading` is this node's term if it leads.
+    Leadership {
+        leading: Option<u64>,
+        leader: Option<NodeBytes>,
+    },
     /// Persist the election term.
     SetTerm {
         term: u64,
@@ -81,7 +89,8 @@ pub(crate) enum Command {
     },
     /// Remember a peer's address (postcard-encoded `EndpointAddr`).
     SavePeerAddr { peer: NodeBytes, addr: Vec<u8> },
-    /// Fold change rows into a snapshot now and drop unreferenced values.
+    /// Fold change rows into a snapshot now and drop unreferenced values; and start a new
+    /// epoch (on the leader; a follower asks the leader).
     Compact { reply: oneshot::Sender<Result<()>> },
     /// Persist per-peer state and stop.
     Shutdown { reply: oneshot::Sender<()> },
@@ -91,9 +100,15 @@ pub(crate) enum Command {
 pub(crate) struct ReadView {
     map: RwLock<BTreeMap<String, ValueHash>>,
     reader: Mutex<Reader>,
+    epoch: Mutex<EpochId>,
 }
 
 impl ReadView {
+    /// The epoch of the document.
+    pub fn epoch(&self) -> EpochId {
+        *self.epoch.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
     /// The committed value of `key`.
     pub fn get(&self, key: &str) -> Result<Option<Vec<u8>>> {
         // A compaction may drop a value between reading its hash and reading its bytes if the
@@ -151,6 +166,8 @@ pub(crate) struct ReplicaConfig {
     pub events: broadcast::Sender<Event>,
     /// Told about peers that broke the protocol, so their connection is closed.
     pub misbehaved: mpsc::UnboundedSender<(NodeBytes, String)>,
+    /// When to start new epochs.
+    pub policy: Policy,
 }
 
 /// Opens the store in `cfg.dir` on a new thread and runs the replica there.
@@ -189,11 +206,23 @@ pub(crate) fn spawn(cfg: ReplicaConfig) -> Result<Opened> {
 struct PeerLink {
     /// The connection this link belongs to; messages and notices about others are stale.
     conn_id: u64,
+    /// The epoch the peer last announced.
+    epoch: Option<EpochId>,
+    /// The peer is in an older epoch and fetching ours: answer its sync messages.
+    serving: bool,
     sync: PeerSync,
     tx: mpsc::Sender<DataMsg>,
 }
 
 type OpenInfo = (Arc<ReadView>, [u8; 32], u64, Vec<(NodeBytes, Vec<u8>)>);
+
+/// Another epoch's document being fetched from a peer (see [`crate::history`]).
+struct Staging {
+    epoch: EpochId,
+    from: NodeBytes,
+    doc: KvDoc,
+    sync: PeerSync,
+}
 
 struct Replica {
     store: Store,
@@ -212,6 +241,15 @@ struct Replica {
     want_rotation: usize,
     snapshot_len: usize,
     change_bytes: usize,
+    /// Stamps every local write; runs ahead of every stamp seen.
+    hlc: Hlc,
+    /// The epoch protocol.
+    coord: Coordinator,
+    staging: Option<Staging>,
+    /// This node's term if it leads, and the current leader.
+    leading: Option<u64>,
+    leader: Option<NodeBytes>,
+    started: Instant,
 }
 
 /// How a batch's new changes reached the disk.
@@ -250,6 +288,10 @@ struct Effects {
     terms: Vec<(u64, oneshot::Sender<Result<()>>)>,
     addrs: Vec<(NodeBytes, Vec<u8>)>,
     tick: bool,
+    /// The staged epoch's document is complete: carry and switch to it.
+    adopt: bool,
+    /// `Swarm::compact` was called.
+    compact_requested: bool,
 }
 
 impl Replica {
@@ -266,6 +308,7 @@ impl Replica {
         let doc = KvDoc::load(stored.snapshot.as_deref(), &stored.changes, &me)
             .map_err(|e| store.corrupt(e))?;
         let term = store.meta_i64("term")?.unwrap_or(0).max(0) as u64;
+        let epoch = store.epoch()?;
         let peer_addrs = store.peer_addrs()?;
         let saved_sync = store.peer_sync_states()?.into_iter().collect();
 
@@ -274,6 +317,10 @@ impl Replica {
         let stored_hashes = store.blob_hashes()?;
         let mut map = BTreeMap::new();
         let mut pending: HashMap<ValueHash, HashSet<String>> = HashMap::new();
+        let mut hlc = Hlc::default();
+        for (_, e) in doc.all_entries() {
+            hlc.observe(e.hlc);
+        }
         for (key, e) in doc.entries() {
             if stored_hashes.contains(&e.hash) {
                 map.insert(key, e.hash);
@@ -284,6 +331,7 @@ impl Replica {
         let view = Arc::new(ReadView {
             map: RwLock::new(map),
             reader: Mutex::new(store.reader()?),
+            epoch: Mutex::new(epoch),
         });
         let replica = Replica {
             store,
@@ -298,6 +346,12 @@ impl Replica {
             want_rotation: 0,
             snapshot_len,
             change_bytes,
+            hlc,
+            coord: Coordinator::new(me, epoch, cfg.policy),
+            staging: None,
+            leading: None,
+            leader: None,
+            started: Instant::now(),
         };
         Ok((replica, (view, secret_key, term, peer_addrs)))
     }
@@ -346,13 +400,15 @@ impl Replica {
                         let r = match op {
                             WriteOp::Put { key, value } => {
                                 let h = value_hash(&value);
-                                let r = self.doc.put(&key, &h);
+                                let t = self.hlc.stamp(Hlc::wall_ms());
+                                let r = self.doc.put(&key, &h, t);
                                 local_values.push((h, value));
                                 fx.local_keys.push(key);
                                 r
                             }
                             WriteOp::Delete { key } => {
-                                let r = self.doc.delete(&key);
+                                let t = self.hlc.stamp(Hlc::wall_ms());
+                                let r = self.doc.delete(&key, t);
                                 fx.local_keys.push(key);
                                 r
                             }
@@ -374,11 +430,14 @@ impl Replica {
                         peer,
                         PeerLink {
                             conn_id,
+                            epoch: None,
+                            serving: false,
                             sync: PeerSync::new(saved.as_deref()),
                             tx,
                         },
                     );
-                    fx.poll.insert(peer);
+                    // Syncing starts once the peer says it is in the same epoch.
+                    self.coord.peer_up(peer);
                     if !self.pending.is_empty() {
                         fx.ask.insert(peer);
                     }
@@ -390,9 +449,15 @@ impl Replica {
                             self.peers.insert(peer, link);
                             continue;
                         }
-                        let st = link.sync.persisted();
-                        self.saved_sync.insert(peer, st.clone());
-                        fx.persist_sync.push((peer, st));
+                        if link.epoch == Some(self.coord.epoch()) {
+                            let st = link.sync.persisted();
+                            self.saved_sync.insert(peer, st.clone());
+                            fx.persist_sync.push((peer, st));
+                        }
+                        self.coord.peer_down(&peer);
+                        if self.staging.as_ref().is_some_and(|s| s.from == peer) {
+                            self.staging = None;
+                        }
                     }
                 }
                 Command::FromPeer {
@@ -403,9 +468,16 @@ impl Replica {
                     }
                 }
                 Command::Tick => fx.tick = true,
+                Command::Leadership { leading, leader } => {
+                    self.leading = leading;
+                    self.leader = leader;
+                }
                 Command::SetTerm { term, reply } => fx.terms.push((term, reply)),
                 Command::SavePeerAddr { peer, addr } => fx.addrs.push((peer, addr)),
-                Command::Compact { reply } => fx.compact.push(reply),
+                Command::Compact { reply } => {
+                    fx.compact.push(reply);
+                    fx.compact_requested = true;
+                }
                 Command::Shutdown { reply } => {
                     fx.shutdown = Some(reply);
                     for (peer, link) in &self.peers {
@@ -432,6 +504,7 @@ impl Replica {
         } else {
             for c in &remote {
                 let s = doc::summarize(c);
+                self.hlc.observe(s.max_hlc);
                 let origin = s.origin.unwrap_or(self.me);
                 fx.remote_keys
                     .extend(s.keys.into_iter().map(|k| (k, origin)));
@@ -530,10 +603,11 @@ impl Replica {
 
         if let Some(change) = local_change {
             let msg = DataMsg::Push {
+                epoch: self.coord.epoch(),
                 changes: vec![change.raw_bytes().to_vec()],
                 values: local_values.into_iter().map(|(_, v)| v).collect(),
             };
-            let peers: Vec<_> = self.peers.keys().copied().collect();
+            let peers = self.in_step_peers();
             for p in peers {
                 self.send(p, msg.clone(), true);
             }
@@ -542,7 +616,8 @@ impl Replica {
             self.send(peer, msg, false);
         }
         if fx.tick {
-            fx.poll.extend(self.peers.keys().copied());
+            fx.poll.extend(self.in_step_peers());
+            self.poll_staging();
             if !self.pending.is_empty() && !self.peers.is_empty() {
                 let mut ps: Vec<_> = self.peers.keys().copied().collect();
                 ps.sort();
@@ -559,10 +634,28 @@ impl Replica {
         for peer in std::mem::take(&mut fx.ask) {
             self.ask_pending(peer);
         }
-        for (peer, reason) in fx.bad {
+        for (peer, reason) in std::mem::take(&mut fx.bad) {
             self.peers.remove(&peer);
+            self.coord.peer_down(&peer);
             let _ = self.misbehaved.send((peer, reason));
         }
+
+        // The epoch protocol: adopt a fetched epoch, run the policy, ask for compactions.
+        if fx.adopt {
+            self.adopt();
+        }
+        // A follower asks the leader (if it knows one it is in step with).
+        if fx.compact_requested && !self.coord.request(self.leading) {
+            if let Some(leader) = self.leader.filter(|l| self.coord.in_step(l)) {
+                self.send(leader, DataMsg::CompactRequest, false);
+            }
+        }
+        if fx.tick {
+            let usage = self.usage();
+            let now = self.started.elapsed();
+            self.coord.tick(now, self.leading, usage);
+        }
+        self.run_actions();
         if let Some(s) = fx.shutdown {
             let _ = s.send(());
             return true;
@@ -580,6 +673,41 @@ impl Replica {
         let Some(link) = self.peers.get_mut(&peer) else {
             return; // raced with PeerDown
         };
+        let epoch = self.coord.epoch();
+        match &msg {
+            DataMsg::Epoch { epoch: theirs } => {
+                if link.epoch.is_some_and(|e| e != *theirs) {
+                    // It switched epochs: what the sync state remembers is void.
+                    link.sync = PeerSync::new(None);
+                    link.serving = false;
+                }
+                link.epoch = Some(*theirs);
+                self.coord.peer_epoch(peer, *theirs);
+                return;
+            }
+            DataMsg::CompactRequest => {
+                self.coord.request(self.leading);
+                return;
+            }
+            DataMsg::Push { epoch: theirs, .. } | DataMsg::Sync { epoch: theirs, .. } => {
+                if *theirs != epoch {
+                    self.handle_staging_msg(peer, *theirs, msg, fx, incoming);
+                    return;
+                }
+                if !self.coord.in_step(&peer) {
+                    if !matches!(msg, DataMsg::Sync { .. }) {
+                        return; // it has not announced this epoch: its announcement is due
+                    }
+                    // A peer in another epoch syncing ours is fetching it (staging): serve it
+                    // from a fresh sync state.
+                    if !link.serving {
+                        link.serving = true;
+                        link.sync = PeerSync::new(None);
+                    }
+                }
+            }
+            DataMsg::Want { .. } | DataMsg::Values { .. } => {}
+        }
         match link.sync.receive(&mut self.doc, msg) {
             Ok(Received::Pushed { values, referenced }) => {
                 incoming.extend(
@@ -632,6 +760,201 @@ impl Replica {
         }
     }
 
+    /// A change or sync message of another epoch: it feeds the document being fetched if it is
+    /// that epoch's and comes from the peer it is fetched from; anything else is stale.
+    fn handle_staging_msg(
+        &mut self,
+        peer: NodeBytes,
+        epoch: EpochId,
+        msg: DataMsg,
+        fx: &mut Effects,
+        incoming: &mut Vec<Vec<u8>>,
+    ) {
+        let Some(st) = self.staging.as_mut() else {
+            return;
+        };
+        if st.epoch != epoch || st.from != peer {
+            return;
+        }
+        match st.sync.receive(&mut st.doc, msg) {
+            Ok(Received::Pushed { values, referenced }) => {
+                incoming.extend(
+                    values
+                        .into_iter()
+                        .filter(|v| referenced.contains(&value_hash(v))),
+                );
+            }
+            Ok(Received::Synced) => {
+                let msgs = st.sync.poll(&mut st.doc, epoch);
+                for m in msgs {
+                    self.send(peer, m, false);
+                }
+            }
+            Ok(_) => return,
+            Err(e) => {
+                self.staging = None;
+                self.coord.staging_failed();
+                fx.bad.push((peer, e.to_string()));
+                return;
+            }
+        }
+        if let Some(st) = self.staging.as_mut() {
+            if !st.doc.is_empty() && !st.doc.has_missing_deps() {
+                fx.adopt = true;
+            }
+        }
+    }
+
+    /// Sends the next sync message of the epoch being fetched (also the retry on each tick).
+    fn poll_staging(&mut self) {
+        let Some(st) = self.staging.as_mut() else {
+            return;
+        };
+        let msgs = st.sync.poll(&mut st.doc, st.epoch);
+        let from = st.from;
+        for m in msgs {
+            self.send(from, m, false);
+        }
+    }
+
+    /// Peers known to be in this replica's epoch.
+    fn in_step_peers(&self) -> Vec<NodeBytes> {
+        self.peers
+            .keys()
+            .filter(|p| self.coord.in_step(p))
+            .copied()
+            .collect()
+    }
+
+    /// The store's size as the compaction policy sees it.
+    fn usage(&self) -> Usage {
+        Usage {
+            history_bytes: (self.snapshot_len + self.change_bytes) as u64,
+            // A genesis costs about this much per key (key, entry, column overhead).
+            live_bytes: self.view.len() as u64 * 64,
+        }
+    }
+
+    /// Carries out what the epoch protocol asks for.
+    fn run_actions(&mut self) {
+        while let Some(action) = self.coord.poll_action() {
+            match action {
+                Action::Announce { to } => {
+                    let epoch = self.coord.epoch();
+                    self.send(to, DataMsg::Epoch { epoch }, false);
+                }
+                Action::Resync { peer } => {
+                    self.poll_peer(peer);
+                    self.ask_pending(peer);
+                }
+                Action::Stage { epoch, from } => {
+                    debug!(peer = %node_id_string(&from), ?epoch, "fetching a newer epoch");
+                    self.staging = Some(Staging {
+                        epoch,
+                        from,
+                        doc: KvDoc::empty(&self.me),
+                        sync: PeerSync::new(None),
+                    });
+                    self.poll_staging();
+                }
+                Action::Cut { epoch } => self.cut(epoch),
+            }
+        }
+    }
+
+    /// Starts epoch `epoch` from this replica's state (it leads).
+    fn cut(&mut self, epoch: EpochId) {
+        let entries =
+            history::genesis_entries(self.doc.all_entries(), self.coord.policy(), Hlc::wall_ms());
+        match KvDoc::genesis(&epoch.genesis_actor(), &entries, &self.me) {
+            Ok(new) => self.switch(new, epoch, 0),
+            Err(e) => warn!("cannot build the genesis of {epoch:?}: {e}"),
+        }
+    }
+
+    /// Switches to the fetched epoch, carrying across every entry of the old document that
+    /// beats the new one's.
+    fn adopt(&mut self) {
+        let Some(st) = self.staging.take() else {
+            return;
+        };
+        let mut new = st.doc;
+        for (_, e) in new.all_entries() {
+            self.hlc.observe(e.hlc);
+        }
+        let carried = history::carry(
+            self.doc.all_entries(),
+            |k| new.winner(k),
+            self.coord.policy(),
+            Hlc::wall_ms(),
+        );
+        for (k, e) in &carried {
+            if let Err(err) = new.put_entry(k, e) {
+                warn!("cannot carry {k:?} into {:?}: {err}", st.epoch);
+                self.coord.staging_failed();
+                return;
+            }
+        }
+        new.commit();
+        self.switch(new, st.epoch, carried.len());
+    }
+
+    /// Replaces the document with `new`, the document of `epoch`, in one transaction: the old
+    /// history, its sync states and the values only it referenced are gone.
+    fn switch(&mut self, mut new: KvDoc, epoch: EpochId, carried: usize) {
+        let bytes_before = (self.snapshot_len + self.change_bytes) as u64;
+        let snap = new.save();
+        let keep = new.visible_hashes();
+        let result = (|| -> Result<usize> {
+            let tx = self.store.tx()?;
+            tx.replace_snapshot(&snap)?;
+            tx.set_epoch(&epoch)?;
+            let dropped = tx.retain_blobs(&keep)?;
+            tx.commit()?;
+            Ok(dropped)
+        })();
+        let dropped = match result {
+            Ok(d) => d,
+            Err(e) => {
+                warn!("cannot switch to epoch {epoch:?}: {e}");
+                self.coord.staging_failed();
+                return;
+            }
+        };
+        self.store.shrink();
+        *self.view.epoch.lock().unwrap_or_else(|p| p.into_inner()) = epoch;
+        self.doc = new;
+        self.snapshot_len = snap.len();
+        self.change_bytes = 0;
+        self.saved_sync.clear();
+        for link in self.peers.values_mut() {
+            link.sync = PeerSync::new(None);
+        }
+        // The view follows the new document; values it lacks are fetched again.
+        self.pending.clear();
+        let mut fx = Effects {
+            rescan: Some(self.me),
+            ..Effects::default()
+        };
+        self.refresh_view(&mut fx, &[]);
+        debug!(
+            ?epoch,
+            carried,
+            dropped,
+            bytes_before,
+            bytes_after = snap.len(),
+            "switched epoch"
+        );
+        let _ = self.events.send(Event::Compacted {
+            epoch: epoch.n,
+            term: epoch.term,
+            keys: self.view.len() as u64,
+            bytes_before,
+            bytes_after: snap.len() as u64,
+        });
+        self.coord.switched(epoch, self.started.elapsed());
+    }
+
     /// Brings the view up to date with the document after a commit, and emits events.
     fn refresh_view(&mut self, fx: &mut Effects, local_values: &[(ValueHash, Vec<u8>)]) {
         let me = self.me;
@@ -647,7 +970,10 @@ impl Replica {
             .collect();
         if let Some(origin) = fx.rescan {
             let mut keys: HashSet<String> = self.view.keys("").into_iter().collect();
-            keys.extend(self.doc.entries().into_iter().map(|(k, _)| k));
+            for (k, e) in self.doc.all_entries() {
+                self.hlc.observe(e.hlc);
+                keys.insert(k);
+            }
             touched.extend(keys.into_iter().map(|k| (k, origin)));
         }
         // Values that arrived release the keys waiting for them.
@@ -707,10 +1033,14 @@ impl Replica {
     }
 
     fn poll_peer(&mut self, peer: NodeBytes) {
+        let in_step = self.coord.in_step(&peer);
         let Some(link) = self.peers.get_mut(&peer) else {
             return;
         };
-        let msgs = link.sync.poll(&mut self.doc);
+        if !in_step && !link.serving {
+            return;
+        }
+        let msgs = link.sync.poll(&mut self.doc, self.coord.epoch());
         if !msgs.is_empty() {
             debug!(peer = %node_id_string(&peer), parts = msgs.len(), "sending sync message");
         }

@@ -85,6 +85,7 @@ pub struct SwarmBuilder {
     heartbeat_interval: Duration,
     leader_timeout: Duration,
     durability: Durability,
+    compaction: crate::CompactionPolicy,
     max_value_size: usize,
     max_peers: usize,
 }
@@ -101,6 +102,7 @@ impl Default for SwarmBuilder {
             heartbeat_interval: Duration::from_secs(2),
             leader_timeout: Duration::from_secs(5),
             durability: Durability::Full,
+            compaction: crate::CompactionPolicy::default(),
             max_value_size: DEFAULT_MAX_VALUE_SIZE,
             max_peers: 64,
         }
@@ -175,6 +177,16 @@ impl SwarmBuilder {
         self
     }
 
+    /// When history is compacted across the swarm (see [`crate::history`]): by default the
+    /// leader starts a new epoch once the stored history outweighs 4× the live data and
+    /// 64 KiB, at most every 5 s, and deletions are remembered for 30 days.
+    /// [`CompactionPolicy::manual`](crate::CompactionPolicy::manual) leaves it to
+    /// [`Swarm::compact`].
+    pub fn compaction(mut self, policy: crate::CompactionPolicy) -> Self {
+        self.compaction = policy;
+        self
+    }
+
     /// Largest value accepted by `put`, in bytes. Default 1 MiB, at most 8 MiB.
     pub fn max_value_size(mut self, bytes: usize) -> Self {
         self.max_value_size = bytes;
@@ -219,6 +231,7 @@ impl SwarmBuilder {
             durability: self.durability,
             events: events.clone(),
             misbehaved: misbehaved_tx,
+            policy: self.compaction,
         };
         let opened = tokio::task::spawn_blocking(move || replica::spawn(cfg))
             .await
@@ -548,8 +561,11 @@ impl Swarm {
         EventStream::new(self.inner.events.subscribe())
     }
 
-    /// Folds the stored change history into a snapshot now and drops values no longer
-    /// referenced (this also happens automatically as history grows).
+    /// Compacts history now. Locally, folds the stored changes into a snapshot and drops
+    /// values no longer referenced. Across the swarm, starts a new history epoch (see
+    /// [`crate::history`]): at once if this node leads, otherwise by asking the leader. Every
+    /// replica reports the switch with [`Event::Compacted`](crate::Event::Compacted). Both also
+    /// happen automatically by the builder's [`compaction`](SwarmBuilder::compaction) policy.
     pub async fn compact(&self) -> Result<()> {
         self.check_open()?;
         let (reply, rx) = oneshot::channel();
@@ -559,6 +575,11 @@ impl Swarm {
             .await
             .map_err(|_| Error::Closed)?;
         rx.await.map_err(|_| Error::Closed)?
+    }
+
+    /// The history epoch this replica's document is in (see [`crate::history`]).
+    pub fn epoch(&self) -> crate::EpochId {
+        self.inner.view.epoch()
     }
 
     /// Stops gracefully: closes connections (peers see this node leave at once), persists

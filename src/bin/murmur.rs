@@ -133,6 +133,15 @@ fn print_event(e: &Event) {
         Event::PeerUp { peer } => println!("event peer-up {peer}"),
         Event::PeerDown { peer } => println!("event peer-down {peer}"),
         Event::Lagged { missed } => println!("event lagged {missed}"),
+        Event::Compacted {
+            epoch,
+            keys,
+            bytes_before,
+            bytes_after,
+            ..
+        } => println!(
+            "event compacted epoch {epoch}: {keys} keys, {bytes_before} -> {bytes_after} bytes"
+        ),
     }
 }
 

@@ -1,7 +1,12 @@
 //! The automerge document as a key-value map.
 //!
-//! The document maps each key to a 16-byte hash of its value (a `ScalarValue::Bytes`), never to
-//! the value itself: the value bytes live in the store's `blobs` table and travel beside the
+//! The document maps each key to an [`Entry`]: a 16-byte hash of its value and the hybrid
+//! logical clock ([`hlc`]) of the write, as one 24-byte `ScalarValue::Bytes`; never to the value
+//! itself. A deletion is an entry too (a *tombstone*, with the all-zero hash), so that every
+//! write, deletions included, carries its time. Concurrent writes that automerge keeps as a
+//! conflict resolve to the entry with the greatest `(hlc, hash)`: the same rule decides between
+//! two replicas' states after a history compaction ([`crate::history`]), where there is no
+//! shared history left to compare. The value itself is never in the document: the value bytes live in the store's `blobs` table and travel beside the
 //! changes. Keeping the document small matters because a document loaded from disk (or received
 //! whole over sync) makes every later write cost time proportional to the bytes of all values in
 //! it (measured: 3 ms per put at 100k keys of 100 bytes, against 23 µs when built in memory).
@@ -11,12 +16,14 @@
 //! the same `(actor, seq)`; the ID part tells every replica which node wrote an operation (the
 //! `origin` of events).
 
+pub(crate) mod hlc;
+
 use std::collections::HashSet;
 
 use automerge::{
     legacy::OpType,
     sync::{self, SyncDoc},
-    transaction::Transactable,
+    transaction::{CommitOptions, Transactable},
     ActorId, AutoCommit, Change, ChangeHash, ReadDoc, ScalarValue, Value, ROOT,
 };
 
@@ -39,13 +46,53 @@ pub(crate) fn actor_origin(actor: &ActorId) -> Option<NodeBytes> {
     actor.to_bytes().get(..32)?.try_into().ok()
 }
 
-/// A live key's current state as the document resolves it.
+/// The hash that marks a deletion (no value hashes to it in practice: it is a BLAKE3 prefix of
+/// all zeros).
+pub(crate) const TOMBSTONE: ValueHash = [0; 16];
+
+/// Bytes of an entry in the document: the value hash, then the write's clock (big endian).
+const ENTRY_LEN: usize = 24;
+
+/// A key's state as the document resolves it: a value, or a deletion (a tombstone).
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub(crate) struct Entry {
-    /// Hash of the winning value.
+    /// Hash of the value; [`TOMBSTONE`] for a deletion.
     pub hash: ValueHash,
-    /// The node that wrote the winning value.
+    /// Hybrid logical clock of the write.
+    pub hlc: u64,
+    /// The node whose actor wrote the entry into this document (for an entry carried across
+    /// a history compaction, the node that carried it).
     pub origin: NodeBytes,
+}
+
+impl Entry {
+    /// Whether this entry is a deletion.
+    pub fn is_tombstone(&self) -> bool {
+        self.hash == TOMBSTONE
+    }
+
+    /// The order that decides between concurrent entries: later clock wins, then greater hash.
+    /// The origin is not part of it (two nodes carrying the same write are the same write).
+    pub fn rank(&self) -> (u64, ValueHash) {
+        (self.hlc, self.hash)
+    }
+
+    fn encode(hash: &ValueHash, hlc: u64) -> ScalarValue {
+        let mut b = Vec::with_capacity(ENTRY_LEN);
+        b.extend_from_slice(hash);
+        b.extend_from_slice(&hlc.to_be_bytes());
+        ScalarValue::Bytes(b)
+    }
+}
+
+/// Decodes an entry's bytes: `(hash, hlc)`.
+fn decode_entry(b: &[u8]) -> Option<(ValueHash, u64)> {
+    if b.len() != ENTRY_LEN {
+        return None;
+    }
+    let hash = ValueHash::try_from(&b[..16]).ok()?;
+    let hlc = u64::from_be_bytes(b[16..].try_into().ok()?);
+    Some((hash, hlc))
 }
 
 /// The replicated map.
@@ -90,17 +137,55 @@ impl KvDoc {
         Ok(KvDoc { doc })
     }
 
-    /// Sets `key` to the value with hash `hash` (in the open transaction).
-    pub fn put(&mut self, key: &str, hash: &ValueHash) -> Result<(), automerge::AutomergeError> {
-        self.doc.put(ROOT, key, ScalarValue::Bytes(hash.to_vec()))
+    /// A document that holds exactly `entries` and no history: one change with a fixed actor
+    /// (`genesis_actor`), keys in sorted order and time 0, so that any two replicas building it
+    /// from the same entries get the same change hash. Later writes use a fresh actor of `node`.
+    pub fn genesis(
+        genesis_actor: &[u8],
+        entries: &[(String, Entry)],
+        node: &NodeBytes,
+    ) -> Result<Self, automerge::AutomergeError> {
+        let mut doc = AutoCommit::new().with_actor(ActorId::from(genesis_actor.to_vec()));
+        let mut sorted: Vec<&(String, Entry)> = entries.iter().collect();
+        sorted.sort_by(|a, b| a.0.cmp(&b.0));
+        for (k, e) in sorted {
+            doc.put(ROOT, k.as_str(), Entry::encode(&e.hash, e.hlc))?;
+        }
+        doc.commit_with(CommitOptions::default().with_time(0));
+        doc.set_actor(Self::actor_for(node));
+        Ok(KvDoc { doc })
     }
 
-    /// Deletes `key` (in the open transaction). Deleting an absent key changes nothing.
-    pub fn delete(&mut self, key: &str) -> Result<(), automerge::AutomergeError> {
-        if self.doc.get(ROOT, key)?.is_some() {
-            self.doc.delete(ROOT, key)?;
+    /// An empty document (to receive another epoch's document over sync).
+    pub fn empty(node: &NodeBytes) -> Self {
+        KvDoc {
+            doc: AutoCommit::new().with_actor(Self::actor_for(node)),
+        }
+    }
+
+    /// Sets `key` to the value with hash `hash`, written at clock `hlc` (in the open
+    /// transaction).
+    pub fn put(
+        &mut self,
+        key: &str,
+        hash: &ValueHash,
+        hlc: u64,
+    ) -> Result<(), automerge::AutomergeError> {
+        self.doc.put(ROOT, key, Entry::encode(hash, hlc))
+    }
+
+    /// Deletes `key` at clock `hlc` by writing a tombstone (in the open transaction). Deleting
+    /// a key that holds no value changes nothing.
+    pub fn delete(&mut self, key: &str, hlc: u64) -> Result<(), automerge::AutomergeError> {
+        if self.get(key).is_some() {
+            self.put(key, &TOMBSTONE, hlc)?;
         }
         Ok(())
+    }
+
+    /// Writes `entry` as it is (hash and clock), to carry it from another epoch's document.
+    pub fn put_entry(&mut self, key: &str, entry: &Entry) -> Result<(), automerge::AutomergeError> {
+        self.put(key, &entry.hash, entry.hlc)
     }
 
     /// Commits the open transaction; returns the change it made, if any.
@@ -109,10 +194,18 @@ impl KvDoc {
         self.doc.get_last_local_change()
     }
 
-    /// The current value of `key`, if it has one the document understands.
+    /// The current value of `key`: its winning entry, unless that is a tombstone.
     pub fn get(&self, key: &str) -> Option<Entry> {
-        let (value, id) = self.doc.get(ROOT, key).ok()??;
-        entry_of(value, &id)
+        self.winner(key).filter(|e| !e.is_tombstone())
+    }
+
+    /// The winning entry of `key`, tombstones included: the greatest [`Entry::rank`] among the
+    /// values automerge holds for it (several when concurrent writes conflict).
+    pub fn winner(&self, key: &str) -> Option<Entry> {
+        let all = self.doc.get_all(ROOT, key).ok()?;
+        all.into_iter()
+            .filter_map(|(v, id)| entry_of(v, &id))
+            .max_by_key(|e| e.rank())
     }
 
     /// Every live key and its entry, in key order.
@@ -123,6 +216,25 @@ impl KvDoc {
             .collect()
     }
 
+    /// Every key's winning entry, tombstones included, in key order.
+    pub fn all_entries(&self) -> Vec<(String, Entry)> {
+        self.doc
+            .keys(ROOT)
+            .filter_map(|k| self.winner(&k).map(|e| (k, e)))
+            .collect()
+    }
+
+    /// Number of changes in the document (its history length).
+    #[cfg(test)]
+    pub fn change_count(&mut self) -> usize {
+        self.doc.get_changes(&[]).len()
+    }
+
+    /// Whether the document has no changes at all.
+    pub fn is_empty(&mut self) -> bool {
+        self.doc.get_heads().is_empty()
+    }
+
     /// Hashes of every value still visible in the document, conflicting ones included: the
     /// values a replica must keep (anything else may be garbage-collected).
     pub fn visible_hashes(&self) -> HashSet<ValueHash> {
@@ -131,7 +243,9 @@ impl KvDoc {
             if let Ok(all) = self.doc.get_all(ROOT, k.as_str()) {
                 for (v, id) in all {
                     if let Some(e) = entry_of(v, &id) {
-                        out.insert(e.hash);
+                        if !e.is_tombstone() {
+                            out.insert(e.hash);
+                        }
                     }
                 }
             }
@@ -188,18 +302,18 @@ impl KvDoc {
 }
 
 fn entry_of(value: Value<'_>, id: &automerge::ObjId) -> Option<Entry> {
-    let hash = match value {
+    let (hash, hlc) = match value {
         Value::Scalar(s) => match s.as_ref() {
-            ScalarValue::Bytes(b) => ValueHash::try_from(b.as_slice()).ok()?,
+            ScalarValue::Bytes(b) => decode_entry(b)?,
             _ => return None,
         },
         Value::Object(_) => return None,
     };
     let origin = match id {
-        automerge::ObjId::Id(_, actor, _) => actor_origin(actor)?,
+        automerge::ObjId::Id(_, actor, _) => actor_origin(actor).unwrap_or([0; 32]),
         automerge::ObjId::Root => return None,
     };
-    Some(Entry { hash, origin })
+    Some(Entry { hash, hlc, origin })
 }
 
 /// What one change did to the map: the root keys it touched, and who made it.
@@ -208,9 +322,11 @@ pub(crate) struct ChangeSummary {
     pub origin: Option<NodeBytes>,
     /// Root-map keys the change put or deleted.
     pub keys: Vec<String>,
+    /// The greatest clock among its entries (0 if none).
+    pub max_hlc: u64,
 }
 
-/// Hashes of the values a change puts at the root.
+/// Hashes of the values a change puts at the root (tombstones excluded).
 pub(crate) fn put_hashes(change: &Change) -> Vec<ValueHash> {
     change
         .decode()
@@ -218,9 +334,10 @@ pub(crate) fn put_hashes(change: &Change) -> Vec<ValueHash> {
         .iter()
         .filter(|op| op.obj == automerge::legacy::ObjectId::Root)
         .filter_map(|op| match &op.action {
-            OpType::Put(ScalarValue::Bytes(b)) => ValueHash::try_from(b.as_slice()).ok(),
+            OpType::Put(ScalarValue::Bytes(b)) => decode_entry(b).map(|(h, _)| h),
             _ => None,
         })
+        .filter(|h| *h != TOMBSTONE)
         .collect()
 }
 
@@ -228,6 +345,7 @@ pub(crate) fn put_hashes(change: &Change) -> Vec<ValueHash> {
 pub(crate) fn summarize(change: &Change) -> ChangeSummary {
     let expanded = change.decode();
     let mut keys = Vec::new();
+    let mut max_hlc = 0;
     for op in &expanded.operations {
         if op.obj != automerge::legacy::ObjectId::Root {
             continue;
@@ -235,6 +353,11 @@ pub(crate) fn summarize(change: &Change) -> ChangeSummary {
         let automerge::legacy::Key::Map(k) = &op.key else {
             continue;
         };
+        if let OpType::Put(ScalarValue::Bytes(b)) = &op.action {
+            if let Some((_, hlc)) = decode_entry(b) {
+                max_hlc = max_hlc.max(hlc);
+            }
+        }
         if matches!(op.action, OpType::Delete | OpType::Put(_)) {
             keys.push(k.to_string());
         }
@@ -242,6 +365,7 @@ pub(crate) fn summarize(change: &Change) -> ChangeSummary {
     ChangeSummary {
         origin: actor_origin(change.actor_id()),
         keys,
+        max_hlc,
     }
 }
 
@@ -255,7 +379,7 @@ mod tests {
     #[test]
     fn put_get_delete_and_origin() {
         let mut d = KvDoc::new(&A);
-        d.put("k", &value_hash(b"v")).unwrap();
+        d.put("k", &value_hash(b"v"), 7).unwrap();
         let c = d.commit().expect("a change");
         let s = summarize(&c);
         assert_eq!(s.keys, vec!["k".to_string()]);
@@ -264,15 +388,23 @@ mod tests {
             d.get("k"),
             Some(Entry {
                 hash: value_hash(b"v"),
+                hlc: 7,
                 origin: A
             })
         );
-        d.delete("k").unwrap();
-        d.delete("absent").unwrap();
+        assert_eq!(s.max_hlc, 7);
+        d.delete("k", 8).unwrap();
+        d.delete("absent", 9).unwrap();
         assert!(d.commit().is_some());
         assert_eq!(d.get("k"), None);
+        assert!(
+            d.winner("k").unwrap().is_tombstone(),
+            "the deletion is kept"
+        );
+        assert!(d.entries().is_empty());
+        assert_eq!(d.all_entries().len(), 1);
         // Deleting what is not there makes no change at all.
-        d.delete("k").unwrap();
+        d.delete("k", 10).unwrap();
         assert!(d.commit().is_none());
     }
 
@@ -280,13 +412,18 @@ mod tests {
     fn concurrent_puts_resolve_identically_on_both_sides() {
         let mut a = KvDoc::new(&A);
         let mut b = KvDoc::new(&B);
-        a.put("k", &value_hash(b"a")).unwrap();
+        a.put("k", &value_hash(b"a"), 20).unwrap();
         let ca = a.commit().unwrap();
-        b.put("k", &value_hash(b"b")).unwrap();
+        b.put("k", &value_hash(b"b"), 10).unwrap();
         let cb = b.commit().unwrap();
         a.apply_changes(vec![cb]).unwrap();
         b.apply_changes(vec![ca]).unwrap();
         assert_eq!(a.get("k"), b.get("k"));
+        assert_eq!(
+            a.get("k").unwrap().hash,
+            value_hash(b"a"),
+            "the later clock wins, whatever automerge's own order"
+        );
         assert_eq!(
             a.visible_hashes().len(),
             2,
@@ -297,13 +434,46 @@ mod tests {
     #[test]
     fn reload_from_snapshot_and_changes_gives_same_map() {
         let mut d = KvDoc::new(&A);
-        d.put("a", &value_hash(b"1")).unwrap();
+        d.put("a", &value_hash(b"1"), 1).unwrap();
         d.commit();
         let snap = d.save();
-        d.put("b", &value_hash(b"2")).unwrap();
+        d.put("b", &value_hash(b"2"), 2).unwrap();
         let c = d.commit().unwrap();
         let re = KvDoc::load(Some(&snap), &[c.raw_bytes().to_vec()], &A).unwrap();
         assert_eq!(re.entries(), d.entries());
+    }
+
+    #[test]
+    fn genesis_is_identical_for_identical_entries_whatever_the_history() {
+        // Two replicas reach the same entries through different histories.
+        let mut a = KvDoc::new(&A);
+        let mut b = KvDoc::new(&B);
+        for i in 0..50u64 {
+            a.put("x", &value_hash(&i.to_be_bytes()), i).unwrap();
+            a.commit();
+        }
+        a.put("y", &value_hash(b"y"), 60).unwrap();
+        a.delete("x", 61).unwrap();
+        a.commit();
+        b.put("y", &value_hash(b"y"), 60).unwrap();
+        b.put("x", &TOMBSTONE, 61).unwrap();
+        b.commit();
+        assert_eq!(a.all_entries().len(), 2);
+        let strip = |v: Vec<(String, Entry)>| -> Vec<(String, ValueHash, u64)> {
+            v.into_iter().map(|(k, e)| (k, e.hash, e.hlc)).collect()
+        };
+        assert_eq!(strip(a.all_entries()), strip(b.all_entries()));
+        let mut ga = KvDoc::genesis(b"epoch-1", &a.all_entries(), &A).unwrap();
+        let mut gb = KvDoc::genesis(b"epoch-1", &b.all_entries(), &B).unwrap();
+        assert_eq!(ga.heads(), gb.heads());
+        assert_eq!(ga.change_count(), 1);
+        assert!(ga.save().len() < a.save().len());
+        // Writes after the genesis are made by the node's own actor.
+        ga.put("z", &value_hash(b"z"), 70).unwrap();
+        let c = ga.commit().unwrap();
+        assert_eq!(summarize(&c).origin, Some(A));
+        gb.apply_changes(vec![c]).unwrap();
+        assert_eq!(strip(ga.all_entries()), strip(gb.all_entries()));
     }
 
     #[test]

@@ -2,6 +2,7 @@
 //! malformed, oversized and out-of-order messages, or floods; peers that skip or fail the
 //! handshake. Each must lose its connection (and nothing else) while the node keeps serving.
 
+use crate::history::EpochId;
 use std::{sync::Arc, time::Duration};
 
 use iroh::{
@@ -99,6 +100,7 @@ async fn authenticated_peer_sending_garbage_is_disconnected_and_node_keeps_servi
     let a_id = *ticket::parse(&a.ticket()).unwrap().id.as_bytes();
 
     type Attack = fn() -> (bool, Vec<u8>);
+
     let attacks: Vec<(&str, Attack)> = vec![
         ("undecodable data frame", || {
             (false, vec![0, 0, 0, 3, 0xFF, 0xFF, 0xFF])
@@ -115,23 +117,25 @@ async fn authenticated_peer_sending_garbage_is_disconnected_and_node_keeps_servi
                 }),
             )
         }),
+        // Changes and sync messages are only read from a peer in the same epoch: the attacker
+        // announces the node's epoch first.
         ("push of a malformed change", || {
-            (
-                false,
-                encode_frame(&DataMsg::Push {
-                    changes: vec![vec![0x85, 0x6f, 0x4a, 0x83, 9, 9]],
-                    values: vec![],
-                }),
-            )
+            let mut b = in_epoch();
+            b.extend(encode_frame(&DataMsg::Push {
+                epoch: EpochId::ZERO,
+                changes: vec![vec![0x85, 0x6f, 0x4a, 0x83, 9, 9]],
+                values: vec![],
+            }));
+            (false, b)
         }),
         ("sync message of garbage", || {
-            (
-                false,
-                encode_frame(&DataMsg::Sync {
-                    part: vec![0x42; 100],
-                    last: true,
-                }),
-            )
+            let mut b = in_epoch();
+            b.extend(encode_frame(&DataMsg::Sync {
+                epoch: EpochId::ZERO,
+                part: vec![0x42; 100],
+                last: true,
+            }));
+            (false, b)
         }),
         ("undecodable control frame", || {
             (true, vec![0, 0, 0, 2, 0xEE, 0x01])
@@ -226,7 +230,9 @@ async fn a_flooding_peer_is_throttled_memory_stays_bounded_and_junk_is_not_store
     let before = rss_bytes();
     // 40 frames of 4 MiB values that no change references: 160 MiB (5x the read budget) pushed as fast as QUIC
     // lets the peer, while the node keeps taking writes.
+    ds.write_all(&in_epoch()).await.unwrap();
     let junk = encode_frame(&DataMsg::Push {
+        epoch: EpochId::ZERO,
         changes: vec![],
         values: vec![vec![0xAB; 4 << 20]],
     });
@@ -260,4 +266,12 @@ async fn a_flooding_peer_is_throttled_memory_stays_bounded_and_junk_is_not_store
         .map(|m| m.len())
         .unwrap_or(0);
     assert!(db + wal < 8 << 20, "database grew to {} bytes", db + wal);
+}
+
+/// The frame that announces the epoch of a fresh node (changes and sync messages are only read
+/// from a peer in the same epoch).
+fn in_epoch() -> Vec<u8> {
+    encode_frame(&DataMsg::Epoch {
+        epoch: EpochId::ZERO,
+    })
 }

@@ -649,7 +649,17 @@ impl Node {
                         term,
                         is_me: leader == Some(self.shared.me),
                     };
+                    let is_me = state.is_me;
                     let _ = self.leader_tx.send(state);
+                    // The replica needs it for the epoch protocol (only a leader cuts).
+                    let _ = self
+                        .shared
+                        .replica_tx
+                        .send(Command::Leadership {
+                            leading: is_me.then_some(term),
+                            leader,
+                        })
+                        .await;
                     let _ = self.events.send(Event::LeaderChanged {
                         leader: leader.map(|l| node_id_string(&l)),
                         term,

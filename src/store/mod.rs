@@ -34,7 +34,8 @@ pub enum Durability {
     Process,
 }
 
-const SCHEMA_VERSION: i64 = 1;
+/// 2: entries carry a clock stamp, deletions are tombstones, documents have epochs.
+const SCHEMA_VERSION: i64 = 2;
 const DB_FILE: &str = "murmur.sqlite3";
 const LOCK_FILE: &str = "murmur.lock";
 
@@ -99,6 +100,10 @@ impl Store {
         };
         let conn = Connection::open(&db_path).map_err(|e| corrupt(e.to_string()))?;
         // The first statement that touches the file tells a database from garbage.
+        // Free pages go back to the file system after a history compaction (only takes effect
+        // on a new database, before the first table exists).
+        conn.pragma_update(None, "auto_vacuum", "INCREMENTAL")
+            .map_err(|e| corrupt(e.to_string()))?;
         conn.pragma_update(None, "journal_mode", "WAL")
             .map_err(|e| corrupt(e.to_string()))?;
         let sync = match durability {
@@ -247,6 +252,24 @@ impl Store {
             .collect())
     }
 
+    /// The epoch of the stored document.
+    pub fn epoch(&self) -> Result<crate::history::EpochId> {
+        match self.meta("epoch")? {
+            None => Ok(crate::history::EpochId::ZERO),
+            Some(b) => postcard::from_bytes(&b)
+                .map_err(|e| self.corrupt(format!("stored epoch is unreadable: {e}"))),
+        }
+    }
+
+    /// Gives the space freed by a history compaction back to the file system: frees pages
+    /// and truncates the write-ahead log. Best effort (a reader may hold the log).
+    pub fn shrink(&self) {
+        let _ = self.conn.execute_batch("PRAGMA incremental_vacuum;");
+        let _ = self
+            .conn
+            .query_row("PRAGMA wal_checkpoint(TRUNCATE)", [], |_| Ok(()));
+    }
+
     /// Starts a transaction: every write of one group commit goes through one.
     pub fn tx(&mut self) -> Result<Tx<'_>> {
         Ok(Tx {
@@ -329,6 +352,15 @@ impl Tx<'_> {
             "INSERT INTO peer_addrs(peer, addr) VALUES (?1, ?2) ON CONFLICT(peer) DO UPDATE SET addr = excluded.addr",
             params![&peer[..], addr],
         )?;
+        Ok(())
+    }
+
+    /// Records the document's new epoch; the per-peer sync states of the old one are void.
+    pub fn set_epoch(&self, epoch: &crate::history::EpochId) -> Result<()> {
+        let bytes = postcard::to_stdvec(epoch)
+            .map_err(|e| Error::Storage(format!("cannot encode epoch: {e}")))?;
+        self.set_meta("epoch", &bytes)?;
+        self.tx.execute("DELETE FROM peer_sync", [])?;
         Ok(())
     }
 

@@ -21,6 +21,7 @@ use automerge::{sync, Change};
 use serde::{Deserialize, Serialize};
 
 use crate::doc::{KvDoc, ValueHash};
+use crate::history::EpochId;
 
 /// Largest part of an automerge sync message carried in one frame. Larger messages (a whole
 /// document sent to a new peer) are split into parts and reassembled.
@@ -33,8 +34,17 @@ pub(crate) const MAX_SYNC_MESSAGE: usize = 128 << 20;
 /// Messages of the data stream (after authentication).
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub(crate) enum DataMsg {
+    /// "My document is in this epoch" (see [`crate::history`]): sent first on every
+    /// connection and after every switch. Changes and sync messages only flow between peers in
+    /// the same epoch.
+    Epoch {
+        /// The sender's epoch.
+        epoch: EpochId,
+    },
     /// Changes just committed by the sender, with the values they put.
     Push {
+        /// The epoch of the document the changes belong to.
+        epoch: EpochId,
         /// Raw automerge changes.
         changes: Vec<Vec<u8>>,
         /// Value bytes; the receiver hashes them itself.
@@ -42,6 +52,8 @@ pub(crate) enum DataMsg {
     },
     /// A part of an automerge sync message; parts are concatenated until `last`.
     Sync {
+        /// The epoch of the document being synced.
+        epoch: EpochId,
         /// The bytes of this part.
         part: Vec<u8>,
         /// Whether this is the final part.
@@ -57,6 +69,8 @@ pub(crate) enum DataMsg {
         /// Value bytes; the receiver hashes them itself.
         values: Vec<Vec<u8>>,
     },
+    /// A follower asks the leader to start a new epoch (`Swarm::compact`).
+    CompactRequest,
 }
 
 /// A peer broke the protocol: the connection is closed.
@@ -132,17 +146,19 @@ impl PeerSync {
 
     /// The messages of the next sync round, if the protocol has anything to say (called on
     /// connect, after applying a received message, after a gap and on anti-entropy ticks).
-    pub fn poll(&mut self, doc: &mut KvDoc) -> Vec<DataMsg> {
+    pub fn poll(&mut self, doc: &mut KvDoc, epoch: EpochId) -> Vec<DataMsg> {
         match doc.generate_sync_message(&mut self.state) {
             None => Vec::new(),
-            Some(bytes) => split_sync(bytes, self.part_size),
+            Some(bytes) => split_sync(bytes, self.part_size, epoch),
         }
     }
 
-    /// Handles a message from the peer.
+    /// Handles a message from the peer. The caller has checked that its epoch is `doc`'s.
     pub fn receive(&mut self, doc: &mut KvDoc, msg: DataMsg) -> Result<Received, SyncError> {
         match msg {
-            DataMsg::Push { changes, values } => {
+            DataMsg::Push {
+                changes, values, ..
+            } => {
                 let parsed = changes
                     .into_iter()
                     .map(Change::from_bytes)
@@ -153,7 +169,7 @@ impl PeerSync {
                     .map_err(|e| SyncError::BadChange(e.to_string()))?;
                 Ok(Received::Pushed { values, referenced })
             }
-            DataMsg::Sync { part, last } => {
+            DataMsg::Sync { part, last, .. } => {
                 if self.partial.len() + part.len() > MAX_SYNC_MESSAGE {
                     self.partial = Vec::new();
                     return Err(SyncError::TooLarge);
@@ -175,13 +191,15 @@ impl PeerSync {
             }
             DataMsg::Want { hashes } => Ok(Received::Want(hashes)),
             DataMsg::Values { values } => Ok(Received::Values(values)),
+            DataMsg::Epoch { .. } | DataMsg::CompactRequest => Ok(Received::Buffered),
         }
     }
 }
 
-fn split_sync(bytes: Vec<u8>, part_size: usize) -> Vec<DataMsg> {
+fn split_sync(bytes: Vec<u8>, part_size: usize, epoch: EpochId) -> Vec<DataMsg> {
     if bytes.len() <= part_size {
         return vec![DataMsg::Sync {
+            epoch,
             part: bytes,
             last: true,
         }];
@@ -191,6 +209,7 @@ fn split_sync(bytes: Vec<u8>, part_size: usize) -> Vec<DataMsg> {
         .chunks(part_size)
         .enumerate()
         .map(|(i, c)| DataMsg::Sync {
+            epoch,
             part: c.to_vec(),
             last: i + 1 == n,
         })

@@ -21,6 +21,8 @@ struct Net {
     /// In-flight messages per directed link (from, to).
     queues: Vec<Vec<VecDeque<DataMsg>>>,
     rng: StdRng,
+    /// Stands in for the replicas' clocks: every write gets the next stamp.
+    clock: u64,
 }
 
 impl Net {
@@ -38,6 +40,7 @@ impl Net {
                 .map(|_| (0..n).map(|_| VecDeque::new()).collect())
                 .collect(),
             rng: StdRng::seed_from_u64(seed),
+            clock: 0,
         }
     }
 
@@ -48,7 +51,10 @@ impl Net {
         }
         for (x, y) in [(a, b), (b, a)] {
             let node = &mut self.nodes[x];
-            let msgs = node.links[y].as_mut().unwrap().poll(&mut node.doc);
+            let msgs = node.links[y]
+                .as_mut()
+                .unwrap()
+                .poll(&mut node.doc, EpochId::ZERO);
             self.queues[x][y].extend(msgs);
         }
     }
@@ -63,12 +69,14 @@ impl Net {
     }
 
     fn put(&mut self, n: usize, key: &str, value: &[u8], push_loss: f64) {
+        self.clock += 1;
         let node = &mut self.nodes[n];
-        node.doc.put(key, &value_hash(value)).unwrap();
+        node.doc.put(key, &value_hash(value), self.clock).unwrap();
         let change = node.doc.commit().unwrap();
         for peer in 0..self.queues.len() {
             if self.nodes[n].links[peer].is_some() && !self.rng.random_bool(push_loss) {
                 self.queues[n][peer].push_back(DataMsg::Push {
+                    epoch: EpochId::ZERO,
                     changes: vec![change.raw_bytes().to_vec()],
                     values: vec![value.to_vec()],
                 });
@@ -77,12 +85,14 @@ impl Net {
     }
 
     fn delete(&mut self, n: usize, key: &str) {
+        self.clock += 1;
         let node = &mut self.nodes[n];
-        node.doc.delete(key).unwrap();
+        node.doc.delete(key, self.clock).unwrap();
         if let Some(change) = node.doc.commit() {
             for peer in 0..self.queues.len() {
                 if self.nodes[n].links[peer].is_some() {
                     self.queues[n][peer].push_back(DataMsg::Push {
+                        epoch: EpochId::ZERO,
                         changes: vec![change.raw_bytes().to_vec()],
                         values: vec![],
                     });
@@ -115,7 +125,7 @@ impl Net {
             _ => false,
         };
         if reply {
-            let msgs = link.poll(&mut node.doc);
+            let msgs = link.poll(&mut node.doc, EpochId::ZERO);
             self.queues[to][from].extend(msgs);
         }
         true
@@ -127,7 +137,7 @@ impl Net {
             for b in 0..self.nodes.len() {
                 let node = &mut self.nodes[a];
                 if let Some(l) = node.links[b].as_mut() {
-                    let msgs = l.poll(&mut node.doc);
+                    let msgs = l.poll(&mut node.doc, EpochId::ZERO);
                     self.queues[a][b].extend(msgs);
                 }
             }
@@ -242,8 +252,12 @@ fn concurrent_writes_partitioned_then_healed_converge() {
 fn sync_messages_larger_than_a_part_are_split_and_reassembled() {
     let mut a = KvDoc::new(&[1; 32]);
     for i in 0..5_000u32 {
-        a.put(&format!("key-{i:08}"), &value_hash(&i.to_be_bytes()))
-            .unwrap();
+        a.put(
+            &format!("key-{i:08}"),
+            &value_hash(&i.to_be_bytes()),
+            i.into(),
+        )
+        .unwrap();
     }
     a.commit();
     let mut b = KvDoc::new(&[2; 32]);
@@ -253,12 +267,12 @@ fn sync_messages_larger_than_a_part_are_split_and_reassembled() {
     );
     let mut parts_seen = 0;
     for _ in 0..10 {
-        let to_b = sa.poll(&mut a);
+        let to_b = sa.poll(&mut a, EpochId::ZERO);
         parts_seen = parts_seen.max(to_b.len());
         for m in to_b {
             sb.receive(&mut b, m).unwrap();
         }
-        for m in sb.poll(&mut b) {
+        for m in sb.poll(&mut b, EpochId::ZERO) {
             sa.receive(&mut a, m).unwrap();
         }
     }
@@ -272,7 +286,7 @@ fn sync_messages_larger_than_a_part_are_split_and_reassembled() {
 #[test]
 fn malformed_peer_messages_are_errors_and_change_nothing() {
     let mut d = KvDoc::new(&[1; 32]);
-    d.put("k", &value_hash(b"v")).unwrap();
+    d.put("k", &value_hash(b"v"), 1).unwrap();
     d.commit();
     let before = d.entries();
     let mut s = PeerSync::new(None);
@@ -280,6 +294,7 @@ fn malformed_peer_messages_are_errors_and_change_nothing() {
         .receive(
             &mut d,
             DataMsg::Push {
+                epoch: EpochId::ZERO,
                 changes: vec![vec![0x85, 0x6f, 0x4a, 0x83, 1, 2, 3]],
                 values: vec![]
             }
@@ -289,6 +304,7 @@ fn malformed_peer_messages_are_errors_and_change_nothing() {
         .receive(
             &mut d,
             DataMsg::Sync {
+                epoch: EpochId::ZERO,
                 part: vec![0x42, 9, 9, 9],
                 last: true
             }

@@ -32,6 +32,9 @@ pub enum MurmurEventKind {
     MurmurEventPeerDown = 4,
     /// This subscriber fell behind and `missed` events were dropped for it.
     MurmurEventLagged = 5,
+    /// This replica entered a new history epoch (`epoch`, `term`, `keys`, `bytes_before`,
+    /// `bytes_after`): its stored history was replaced by the live entries.
+    MurmurEventCompacted = 6,
 }
 
 /// An event, as passed to a `MurmurEventCallback`. Fields that do not apply to `kind` are
@@ -51,12 +54,21 @@ pub struct MurmurEvent {
     pub origin: *const c_char,
     /// LEADER_CHANGED: the new leader's node ID, or NULL when no leader is known.
     pub leader: *const c_char,
-    /// LEADER_CHANGED: the leader's term.
+    /// LEADER_CHANGED: the leader's term. COMPACTED: the term of the leader that started the
+    /// epoch.
     pub term: u64,
     /// PEER_UP, PEER_DOWN: the peer's node ID.
     pub peer: *const c_char,
     /// LAGGED: how many events were dropped.
     pub missed: u64,
+    /// COMPACTED: the epoch's sequence number.
+    pub epoch: u64,
+    /// COMPACTED: live keys after the switch.
+    pub keys: u64,
+    /// COMPACTED: bytes of the stored document before.
+    pub bytes_before: u64,
+    /// COMPACTED: bytes of the stored document after.
+    pub bytes_after: u64,
 }
 
 /// Receives events. Runs on a library thread, one event at a time per subscription, in order.
@@ -107,6 +119,10 @@ fn deliver(cb: unsafe extern "C" fn(*mut c_void, *const MurmurEvent), ud: UserDa
         term: 0,
         peer: none,
         missed: 0,
+        epoch: 0,
+        keys: 0,
+        bytes_before: 0,
+        bytes_after: 0,
     };
     match ev {
         Event::Put { key, value, origin } => {
@@ -138,6 +154,20 @@ fn deliver(cb: unsafe extern "C" fn(*mut c_void, *const MurmurEvent), ud: UserDa
         Event::Lagged { missed } => {
             out.kind = MurmurEventKind::MurmurEventLagged;
             out.missed = *missed;
+        }
+        Event::Compacted {
+            epoch,
+            term,
+            keys,
+            bytes_before,
+            bytes_after,
+        } => {
+            out.kind = MurmurEventKind::MurmurEventCompacted;
+            out.epoch = *epoch;
+            out.term = *term;
+            out.keys = *keys;
+            out.bytes_before = *bytes_before;
+            out.bytes_after = *bytes_after;
         }
     }
     // SAFETY: the caller's callback and user_data; `out` and `keep` outlive the call.

@@ -312,6 +312,20 @@ pub enum Event {
         /// How many events were dropped.
         missed: u64,
     },
+    /// This replica entered a new history epoch: its stored history was replaced by the live
+    /// entries.
+    Compacted {
+        /// The epoch's sequence number.
+        epoch: u64,
+        /// The term of the leader that started it.
+        term: u64,
+        /// Live keys after the switch.
+        keys: u64,
+        /// Bytes of the stored document before.
+        bytes_before: u64,
+        /// Bytes of the stored document after.
+        bytes_after: u64,
+    },
 }
 
 impl From<crate::Event> for Event {
@@ -323,6 +337,19 @@ impl From<crate::Event> for Event {
             crate::Event::PeerUp { peer } => Event::PeerUp { peer },
             crate::Event::PeerDown { peer } => Event::PeerDown { peer },
             crate::Event::Lagged { missed } => Event::Lagged { missed },
+            crate::Event::Compacted {
+                epoch,
+                term,
+                keys,
+                bytes_before,
+                bytes_after,
+            } => Event::Compacted {
+                epoch,
+                term,
+                keys,
+                bytes_before,
+                bytes_after,
+            },
         }
     }
 }

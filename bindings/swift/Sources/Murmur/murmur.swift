@@ -1938,6 +1938,27 @@ public enum Event: Equatable, Hashable {
          * How many events were dropped.
          */missed: UInt64
     )
+    /**
+     * This replica entered a new history epoch: its stored history was replaced by the live
+     * entries.
+     */
+    case compacted(
+        /**
+         * The epoch's sequence number.
+         */epoch: UInt64, 
+        /**
+         * The term of the leader that started it.
+         */term: UInt64, 
+        /**
+         * Live keys after the switch.
+         */keys: UInt64, 
+        /**
+         * Bytes of the stored document before.
+         */bytesBefore: UInt64, 
+        /**
+         * Bytes of the stored document after.
+         */bytesAfter: UInt64
+    )
 
 
 
@@ -1975,6 +1996,9 @@ public struct FfiConverterTypeEvent: FfiConverterRustBuffer {
         )
         
         case 6: return .lagged(missed: try FfiConverterUInt64.read(from: &buf)
+        )
+        
+        case 7: return .compacted(epoch: try FfiConverterUInt64.read(from: &buf), term: try FfiConverterUInt64.read(from: &buf), keys: try FfiConverterUInt64.read(from: &buf), bytesBefore: try FfiConverterUInt64.read(from: &buf), bytesAfter: try FfiConverterUInt64.read(from: &buf)
         )
         
         default: throw UniffiInternalError.unexpectedEnumCase
@@ -2017,6 +2041,15 @@ public struct FfiConverterTypeEvent: FfiConverterRustBuffer {
         case let .lagged(missed):
             writeInt(&buf, Int32(6))
             FfiConverterUInt64.write(missed, into: &buf)
+            
+        
+        case let .compacted(epoch,term,keys,bytesBefore,bytesAfter):
+            writeInt(&buf, Int32(7))
+            FfiConverterUInt64.write(epoch, into: &buf)
+            FfiConverterUInt64.write(term, into: &buf)
+            FfiConverterUInt64.write(keys, into: &buf)
+            FfiConverterUInt64.write(bytesBefore, into: &buf)
+            FfiConverterUInt64.write(bytesAfter, into: &buf)
             
         }
     }

@@ -3238,6 +3238,38 @@ sealed class Event {
         companion object
     }
     
+    /**
+     * This replica entered a new history epoch: its stored history was replaced by the live
+     * entries.
+     */
+    data class Compacted(
+        /**
+         * The epoch's sequence number.
+         */
+        val `epoch`: kotlin.ULong, 
+        /**
+         * The term of the leader that started it.
+         */
+        val `term`: kotlin.ULong, 
+        /**
+         * Live keys after the switch.
+         */
+        val `keys`: kotlin.ULong, 
+        /**
+         * Bytes of the stored document before.
+         */
+        val `bytesBefore`: kotlin.ULong, 
+        /**
+         * Bytes of the stored document after.
+         */
+        val `bytesAfter`: kotlin.ULong) : Event()
+        
+    {
+        
+
+        companion object
+    }
+    
 
     
 
@@ -3274,6 +3306,13 @@ public object FfiConverterTypeEvent : FfiConverterRustBuffer<Event>{
                 FfiConverterString.read(buf),
                 )
             6 -> Event.Lagged(
+                FfiConverterULong.read(buf),
+                )
+            7 -> Event.Compacted(
+                FfiConverterULong.read(buf),
+                FfiConverterULong.read(buf),
+                FfiConverterULong.read(buf),
+                FfiConverterULong.read(buf),
                 FfiConverterULong.read(buf),
                 )
             else -> throw RuntimeException("invalid enum value, something is very wrong!!")
@@ -3327,6 +3366,17 @@ public object FfiConverterTypeEvent : FfiConverterRustBuffer<Event>{
                 + FfiConverterULong.allocationSize(value.`missed`)
             )
         }
+        is Event.Compacted -> {
+            // Add the size for the Int that specifies the variant plus the size needed for all fields
+            (
+                4UL
+                + FfiConverterULong.allocationSize(value.`epoch`)
+                + FfiConverterULong.allocationSize(value.`term`)
+                + FfiConverterULong.allocationSize(value.`keys`)
+                + FfiConverterULong.allocationSize(value.`bytesBefore`)
+                + FfiConverterULong.allocationSize(value.`bytesAfter`)
+            )
+        }
     }
 
     override fun write(value: Event, buf: ByteBuffer) {
@@ -3363,6 +3413,15 @@ public object FfiConverterTypeEvent : FfiConverterRustBuffer<Event>{
             is Event.Lagged -> {
                 buf.putInt(6)
                 FfiConverterULong.write(value.`missed`, buf)
+                Unit
+            }
+            is Event.Compacted -> {
+                buf.putInt(7)
+                FfiConverterULong.write(value.`epoch`, buf)
+                FfiConverterULong.write(value.`term`, buf)
+                FfiConverterULong.write(value.`keys`, buf)
+                FfiConverterULong.write(value.`bytesBefore`, buf)
+                FfiConverterULong.write(value.`bytesAfter`, buf)
                 Unit
             }
         }.let { /* this makes the `when` an expression, which ensures it is exhaustive */ }
