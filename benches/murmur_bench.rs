@@ -1124,7 +1124,7 @@ async fn w6(sz: &Sizes, rows: &mut Vec<Row>, notes: &mut Vec<String>) -> Result<
         if let Event::Compacted { .. } = ev {
             epochs += 1;
             if Instant::now() > t0 + write_el {
-                // Wait a little more in case a second cut follows, then stop.
+                // The first cut after the writes ended is the bound W6 reports.
                 settled = true;
                 break;
             }
