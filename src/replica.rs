@@ -566,6 +566,10 @@ impl Replica {
             Ok(Persisted::Snapshot(len)) => {
                 self.snapshot_len = len;
                 self.change_bytes = 0;
+                if !fx.compact.is_empty() {
+                    // An explicit compaction also gives the freed pages back.
+                    self.store.shrink();
+                }
             }
             Ok(Persisted::Rows(bytes)) => self.change_bytes += bytes,
             Err(e) => {

@@ -7,7 +7,7 @@
 use std::{io::Write, net::SocketAddr, path::PathBuf, time::Duration};
 
 use clap::{Parser, Subcommand, ValueEnum};
-use murmur::{Durability, Event, PathKind, RelayMode, Swarm, SwarmBuilder};
+use murmur::{CompactionPolicy, Durability, Event, PathKind, RelayMode, Swarm, SwarmBuilder};
 use tokio::io::{AsyncBufReadExt, BufReader};
 
 #[derive(Parser, Debug)]
@@ -44,6 +44,19 @@ struct Cli {
     /// What an acknowledged write survives.
     #[arg(long, value_enum, default_value_t = DurabilityArg::Full, global = true)]
     durability: DurabilityArg,
+    /// Compaction: `auto` (the leader starts a new history epoch by the thresholds below) or
+    /// `manual` (only the `compact` command does).
+    #[arg(long, value_enum, default_value_t = CompactionArg::Auto, global = true)]
+    compaction: CompactionArg,
+    /// Compact once stored history exceeds this many times the live data...
+    #[arg(long, default_value_t = 4, global = true)]
+    compaction_ratio: u32,
+    /// ...and this many KiB.
+    #[arg(long, default_value_t = 64, global = true)]
+    compaction_min_kib: u64,
+    /// At most one automatic compaction per this many milliseconds.
+    #[arg(long, default_value_t = 5000, global = true)]
+    compaction_interval_ms: u64,
     #[command(subcommand)]
     command: Command,
 }
@@ -54,6 +67,14 @@ enum DurabilityArg {
     Full,
     /// Survives a crash of the process.
     Process,
+}
+
+#[derive(Clone, Copy, Debug, ValueEnum)]
+enum CompactionArg {
+    /// By policy, on the leader's timer.
+    Auto,
+    /// Only on request.
+    Manual,
 }
 
 #[derive(Subcommand, Debug)]
@@ -81,7 +102,15 @@ enum Command {
 }
 
 fn builder(cli: &Cli) -> Result<SwarmBuilder, String> {
+    let policy = CompactionPolicy {
+        automatic: matches!(cli.compaction, CompactionArg::Auto),
+        ratio: cli.compaction_ratio,
+        min_bytes: cli.compaction_min_kib.saturating_mul(1024),
+        min_interval: Duration::from_millis(cli.compaction_interval_ms),
+        ..CompactionPolicy::default()
+    };
     let mut b = Swarm::builder()
+        .compaction(policy)
         .storage_path(&cli.data)
         .local_discovery(!cli.no_mdns)
         .heartbeat_interval(Duration::from_millis(cli.heartbeat_ms))
@@ -157,6 +186,8 @@ const HELP: &str = "commands:
   ticket               this node's ticket
   addrs                this node's addresses (direct ones, and its home relay once connected)
   id                   this node's ID
+  compact              start a new history epoch now (asks the leader if this node follows)
+  epoch                the history epoch of this replica: its number, term and leader
   watch on|off         print events as they happen
   quit                 shut down gracefully";
 
@@ -230,6 +261,15 @@ async fn execute(swarm: &Swarm, line: &str, watch: &mut bool) -> bool {
                 swarm.leader_term().await,
                 swarm.is_leader().await
             ),
+            "compact" => {
+                swarm.compact().await?;
+                println!("ok");
+            }
+            "epoch" => {
+                let e = swarm.epoch();
+                let leader = data_encoding::HEXLOWER.encode(&e.leader);
+                println!("epoch {} term {} leader {leader}", e.n, e.term);
+            }
             "ticket" => println!("{}", swarm.ticket()),
             "addrs" => println!("{}", swarm.addrs().join(" ")),
             "id" => println!("{}", swarm.node_id()),

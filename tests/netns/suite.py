@@ -30,6 +30,9 @@ RELAY_PORT = 3340
 PORT = 7000
 HB_MS, LT_MS = 200, 1000
 DEADLINE = 45.0  # seconds, generous for a loaded 2-core machine
+# Every node compacts automatically at much lower thresholds than the defaults, so that
+# compaction runs during every scenario, not only the one written for it.
+COMPACTION_ARGS = ["--compaction-min-kib", "16", "--compaction-interval-ms", "1000"]
 
 
 def run(*args, check=True):
@@ -137,7 +140,8 @@ class Node:
                 "--data", self.datadir, "--swarm-name", "netns-suite",
                 "--bind", f"{self.addr}:{PORT}",
                 "--relay", self.relay, "--no-mdns",
-                "--heartbeat-ms", str(HB_MS), "--leader-timeout-ms", str(LT_MS), "run"]
+                "--heartbeat-ms", str(HB_MS), "--leader-timeout-ms", str(LT_MS),
+                *COMPACTION_ARGS, "run"]
         if self.bootstrap:
             args += ["--bootstrap", self.bootstrap]
         self.log = open(os.path.join(self.logdir, f"{self.name}.log"), "a")
@@ -208,6 +212,23 @@ def agree(nodes, expected):
 def same_digest(nodes):
     ds = {n.ask("digest") for n in nodes}
     return ds.pop() if len(ds) == 1 else None
+
+
+def epoch(node):
+    """(n, term, leader) of the node's history epoch."""
+    # "epoch <n> term <term> leader <hex>"
+    parts = node.ask("epoch").split()
+    return int(parts[1]), int(parts[3]), parts[5]
+
+
+def same_epoch(nodes):
+    es = {epoch(n) for n in nodes}
+    return es.pop() if len(es) == 1 else None
+
+
+def disk_bytes(datadir):
+    return sum(os.path.getsize(os.path.join(datadir, f)) for f in os.listdir(datadir)
+               if f.startswith("murmur.sqlite3"))
 
 
 class Suite:
@@ -364,6 +385,133 @@ class Suite:
                     raise CheckFailed(f"{n.name} misses {w.name}'s last acknowledged put")
         return ", ".join(f"{k}: {v} acked, 0 lost" for k, v in acked.items())
 
+    def compaction_partition_crash(self):
+        """Compaction while the swarm is split in two and a writer is killed mid-stream.
+
+        Each side of a 2|3 partition overwrites its own hot keys hundreds of times, so each
+        side's leader cuts its own epochs (automatically, and on requests sent through a
+        follower). On the 3-node side a writer is killed with kill -9 while it streams writes
+        and epochs are being cut around it. After the heal every replica must end in the same
+        epoch with identical maps, hold every acknowledged write (a hot key holds the last write
+        of one side or the other), and store a small multiple of the live data."""
+        five = self.five()
+        a_side = [self.nodes["n1"], self.nodes["n2"]]
+        b_side = [self.nodes[f"n{i}"] for i in (3, 4, 5)]
+        start_epochs = {n.name: epoch(n) for n in five}
+        for n in ("n3", "n4", "n5"):
+            self.topo.move(n, "brb")
+        a_top, b_top = max(n.id for n in a_side), max(n.id for n in b_side)
+        wait_for("side {1,2} elects its greatest ID", lambda: agree(a_side, a_top))
+        wait_for("side {3,4,5} elects its greatest ID", lambda: agree(b_side, b_top))
+        a_writer = next(n for n in a_side if n.id != a_top)  # a follower: it also asks
+        b_leader = next(n for n in b_side if n.id == b_top)
+        b_writer = next(n for n in b_side if n.id != b_top)
+        rounds, hot = 600, 10
+        value = "v" * 4000  # large values, so that the garbage is plain to see on disk
+        last = {}  # (side, key) -> last acknowledged value
+
+        # Side a: sequential overwrites through a follower, with compaction requests it
+        # forwards to its leader.
+        for j in range(rounds):
+            key = f"hot-{j % hot}"
+            v = f"a{j:05d}{value}"
+            if a_writer.ask(f"put {key} {v}") != "ok":
+                raise CheckFailed(f"{a_writer.name} refused put #{j}")
+            last[("a", key)] = {v}
+            if j % 150 == 149:
+                if a_writer.ask("compact") != "ok":
+                    raise CheckFailed(f"{a_writer.name}: compact failed")
+
+        # Side b: a streamed burst from the writer; compaction requests to the leader while it
+        # runs; kill -9 of the writer after a random number of acknowledgements.
+        while not b_writer.q.empty():
+            b_writer.q.get_nowait()
+        for j in range(rounds):
+            b_writer.send(f"put hot-{j % hot} b{j:05d}{value}")
+        stop_after = random.randint(rounds // 3, rounds - 50)
+        acked = 0
+        while acked < stop_after:
+            line = b_writer.q.get(timeout=DEADLINE)
+            if line is None:
+                raise CheckFailed(f"{b_writer.name} exited early")
+            if line == "ok":
+                acked += 1
+                if acked % 60 == 0:
+                    b_leader.send("compact")
+        b_writer.kill9()
+        while True:
+            try:
+                line = b_writer.q.get_nowait()
+            except queue.Empty:
+                break
+            if line == "ok":
+                acked += 1
+        # A put may have committed after its "ok" was lost with the process, so a later write
+        # of the same key is also fine; an earlier one would be a lost acknowledged write.
+        for j in range(rounds):
+            key = f"hot-{j % hot}"
+            if j >= acked - hot:
+                last.setdefault(("b", key), set()).add(f"b{j:05d}{value}")
+        b_writer.start()
+        for k in range(hot):
+            key = f"hot-{k}"
+            if ("b", key) in last and b_writer.ask(f"get {key}") not in last[("b", key)]:
+                raise CheckFailed(f"{b_writer.name} lost its last acknowledged write of {key}")
+
+        a_epoch, _ = wait_for("side {1,2} shares one new epoch", lambda: (
+            lambda e: e if e and e[:2] != start_epochs["n1"][:2] else None)(same_epoch(a_side)))
+        b_epoch, _ = wait_for("side {3,4,5} shares one new epoch", lambda: (
+            lambda e: e if e and e[:2] != start_epochs["n3"][:2] else None)(same_epoch(b_side)))
+        if a_epoch == b_epoch:
+            raise CheckFailed(f"both sides report the same epoch while apart: {a_epoch}")
+
+        heal_at = time.time()
+        for n in ("n3", "n4", "n5"):
+            self.topo.move(n, "bra")
+        wait_for("all 5 converge to identical maps", lambda: same_digest(five))
+        final, _ = wait_for("all 5 share one epoch", lambda: same_epoch(five))
+        took = time.time() - heal_at
+        # Let the maps settle once more after the epochs did (the epoch switch carries writes).
+        wait_for("all 5 still identical in the shared epoch", lambda: same_digest(five))
+        for k in range(hot):
+            key = f"hot-{k}"
+            allowed = last[("a", key)] | last.get(("b", key), set())
+            got = {n.ask(f"get {key}") for n in five}
+            if len(got) != 1 or not got <= allowed:
+                raise CheckFailed(f"{key}: replicas hold {got}, expected one of {allowed}")
+
+        # One more cut now that the swarm is whole, then reopen every replica from disk: the
+        # maps survive and every store is a small multiple of the live data.
+        leader = next(n for n in five if n.id == max(m.id for m in five))
+        wait_for("the greatest ID leads again", lambda: agree(five, leader.id))
+        if leader.ask("compact") != "ok":
+            raise CheckFailed("compact on the leader failed")
+        wait_for("all 5 adopt the leader's new epoch", lambda: (
+            lambda e: e if e and e[:2] > final[:2] else None)(same_epoch(five)))
+        digest, _ = wait_for("maps identical in it", lambda: same_digest(five))
+        for n in five:
+            n.quit()
+        sizes = {n.name: disk_bytes(n.datadir) for n in five}
+        for n in five:
+            n.start()
+        top = max(n.id for n in five)
+        wait_for("after restarting all 5, maps are unchanged", lambda: same_digest(five) == digest)
+        wait_for("and the greatest ID leads", lambda: agree(five, top))
+        written = 2 * rounds * (len(value) + 6)
+        live = hot * (len(value) + 6)
+        worst = max(sizes.values())
+        # Without compaction every overwritten value would still be stored (> `written`).
+        if worst > written // 4:
+            raise CheckFailed(f"a store is {worst} bytes after compaction "
+                              f"({written} bytes overwritten, {live} live): {sizes}")
+        def show(e):
+            return f"#{e[0]} of term {e[1]}"
+        return (f"sides cut epochs {show(a_epoch)} and {show(b_epoch)}; {b_writer.name} killed "
+                f"after {acked} acks; after heal one epoch {show(final)} and equal maps in "
+                f"{took:.1f}s; "
+                f"stores {min(sizes.values()) // 1024}-{worst // 1024} KiB after "
+                f"{written // 1024} KiB of overwrites")
+
     def relay_only_join(self):
         n1 = self.nodes["n1"]
         wait_for("n1 is connected to its home relay", lambda: "http://" in n1.ask("addrs"))
@@ -440,6 +588,8 @@ class Suite:
             self.check("kill -9 of the leader, restart, rejoin", self.kill_leader)
             self.check("kill -9 of writers mid-stream: zero acknowledged writes lost",
                        self.kill_writers)
+            self.check("compaction under a 2|3 partition and kill -9 of a writer",
+                       self.compaction_partition_crash)
             self.check("a node joining through a relay only syncs", self.relay_only_join)
             self.check("100 ms latency and 5% loss on all links: converges and elects",
                        self.impaired_network)
