@@ -14,14 +14,14 @@ use std::{
     collections::{BTreeMap, HashMap, HashSet},
     path::PathBuf,
     sync::{Arc, Mutex, RwLock},
-    time::Instant,
+    time::{Duration, Instant},
 };
 
 use tokio::sync::{broadcast, mpsc, oneshot};
 use tracing::{debug, warn};
 
 use crate::{
-    doc::{self, hlc::Hlc, value_hash, KvDoc, NodeBytes, ValueHash},
+    doc::{self, hlc::Hlc, value_hash, Entry, KvDoc, NodeBytes, ValueHash},
     error::{Error, Result},
     events::Event,
     history::{self, Action, Coordinator, EpochId, Policy, Usage},
@@ -41,6 +41,9 @@ const MAX_WANT: usize = 16_384;
 /// Above this many new changes in one batch, the view is rebuilt by a scan of the document
 /// instead of decoding each change.
 const RESCAN_THRESHOLD: usize = 2_000;
+/// A value asked for and not received is asked for again after this long (from whichever
+/// peer the rotation picks).
+const REASK_AFTER: Duration = Duration::from_secs(3);
 /// Change rows are folded into a new snapshot once they weigh more than the snapshot and this.
 const MIN_COMPACT_BYTES: usize = 1 << 20;
 
@@ -239,6 +242,9 @@ struct Replica {
     pending: HashMap<ValueHash, HashSet<String>>,
     /// Rotates which peer is asked for pending values on each tick.
     want_rotation: usize,
+    /// When each pending value was last asked for: asked again only after `REASK_AFTER`, so
+    /// that a catch-up does not make a peer read and send every value several times.
+    asked: HashMap<ValueHash, Instant>,
     snapshot_len: usize,
     change_bytes: usize,
     /// Stamps every local write; runs ahead of every stamp seen.
@@ -318,10 +324,11 @@ impl Replica {
         let mut map = BTreeMap::new();
         let mut pending: HashMap<ValueHash, HashSet<String>> = HashMap::new();
         let mut hlc = Hlc::default();
-        for (_, e) in doc.all_entries() {
+        for (key, e) in doc.all_entries() {
             hlc.observe(e.hlc);
-        }
-        for (key, e) in doc.entries() {
+            if e.is_tombstone() {
+                continue;
+            }
             if stored_hashes.contains(&e.hash) {
                 map.insert(key, e.hash);
             } else {
@@ -344,6 +351,7 @@ impl Replica {
             saved_sync,
             pending,
             want_rotation: 0,
+            asked: HashMap::new(),
             snapshot_len,
             change_bytes,
             hlc,
@@ -524,7 +532,10 @@ impl Replica {
             for v in &incoming_values {
                 tx.insert_blob(&value_hash(v), v)?;
             }
+            // Also fold on shutdown: the next open then loads one snapshot, which is several
+            // times faster than applying change rows one by one (BENCHMARKS.md, W5).
             let fold = compact_now
+                || (fx.shutdown.is_some() && self.change_bytes + new_changes.len() > 0)
                 || new_changes.len() > RESCAN_THRESHOLD
                 || self.change_bytes
                     + new_changes
@@ -566,8 +577,9 @@ impl Replica {
             Ok(Persisted::Snapshot(len)) => {
                 self.snapshot_len = len;
                 self.change_bytes = 0;
-                if !fx.compact.is_empty() {
-                    // An explicit compaction also gives the freed pages back.
+                if !fx.compact.is_empty() || fx.shutdown.is_some() {
+                    // An explicit compaction (or the fold at shutdown) also gives the freed
+                    // pages back.
                     self.store.shrink();
                 }
             }
@@ -594,7 +606,7 @@ impl Replica {
 
         // Durable: make it visible (so a writer reads its own write as soon as it returns),
         // acknowledge, then tell others.
-        self.refresh_view(&mut fx, &local_values);
+        self.refresh_view(&mut fx, &local_values, &incoming_values);
         for a in fx.acks.drain(..) {
             let _ = a.send(Ok(()));
         }
@@ -936,11 +948,12 @@ impl Replica {
         }
         // The view follows the new document; values it lacks are fetched again.
         self.pending.clear();
+        self.asked.clear();
         let mut fx = Effects {
             rescan: Some(self.me),
             ..Effects::default()
         };
-        self.refresh_view(&mut fx, &[]);
+        self.refresh_view(&mut fx, &[], &[]);
         debug!(
             ?epoch,
             carried,
@@ -960,11 +973,23 @@ impl Replica {
     }
 
     /// Brings the view up to date with the document after a commit, and emits events.
-    fn refresh_view(&mut self, fx: &mut Effects, local_values: &[(ValueHash, Vec<u8>)]) {
+    fn refresh_view(
+        &mut self,
+        fx: &mut Effects,
+        local_values: &[(ValueHash, Vec<u8>)],
+        incoming_values: &[Vec<u8>],
+    ) {
         let me = self.me;
+        // Values written or received in this batch: no need to read them back from the store.
         let local: HashMap<ValueHash, &[u8]> = local_values
             .iter()
             .map(|(h, v)| (*h, v.as_slice()))
+            .chain(
+                fx.arrived
+                    .iter()
+                    .zip(incoming_values)
+                    .map(|(h, v)| (*h, v.as_slice())),
+            )
             .collect();
         let mut touched: Vec<(String, NodeBytes)> = fx
             .local_keys
@@ -972,20 +997,36 @@ impl Replica {
             .map(|k| (k, me))
             .chain(fx.remote_keys.drain(..))
             .collect();
+        // After a bulk change every key is looked at: take every winner in one pass instead of
+        // one lookup per key.
+        let mut winners: Option<HashMap<String, Entry>> = None;
         if let Some(origin) = fx.rescan {
             let mut keys: HashSet<String> = self.view.keys("").into_iter().collect();
-            for (k, e) in self.doc.all_entries() {
+            let all = self.doc.all_entries();
+            let mut w = HashMap::with_capacity(all.len());
+            for (k, e) in all {
                 self.hlc.observe(e.hlc);
-                keys.insert(k);
+                keys.insert(k.clone());
+                w.insert(k, e);
             }
+            winners = Some(w);
             touched.extend(keys.into_iter().map(|k| (k, origin)));
         }
         // Values that arrived release the keys waiting for them.
         for h in &fx.arrived {
+            self.asked.remove(h);
             if let Some(keys) = self.pending.remove(h) {
                 touched.extend(keys.into_iter().map(|k| (k, me)));
             }
         }
+        if winners.is_none() && touched.len() > RESCAN_THRESHOLD {
+            winners = Some(self.doc.all_entries().into_iter().collect());
+        }
+        // In bulk, one scan of the stored hashes beats a lookup per key.
+        let stored = match winners {
+            Some(_) => self.store.blob_hashes().ok(),
+            None => None,
+        };
         let emit = self.events.receiver_count() > 0;
         let mut seen = HashSet::new();
         let mut events = Vec::new();
@@ -995,7 +1036,11 @@ impl Replica {
                 if !seen.insert(key.clone()) {
                     continue;
                 }
-                match self.doc.get(&key) {
+                let entry = match &winners {
+                    Some(w) => w.get(&key).filter(|e| !e.is_tombstone()).cloned(),
+                    None => self.doc.get(&key),
+                };
+                match entry {
                     None => {
                         if map.remove(&key).is_some() && emit {
                             events.push(Event::Deleted {
@@ -1008,17 +1053,22 @@ impl Replica {
                         if map.get(&key) == Some(&e.hash) {
                             continue;
                         }
-                        let value = match local.get(&e.hash) {
-                            Some(v) => Some(v.to_vec()),
-                            None => self.store.blob(&e.hash).ok().flatten(),
+                        // Whether the value is here, and its bytes if an event needs them.
+                        let have: Option<Option<Vec<u8>>> = match local.get(&e.hash) {
+                            Some(v) => Some(emit.then(|| v.to_vec())),
+                            None => match &stored {
+                                Some(set) if !set.contains(&e.hash) => None,
+                                Some(_) if !emit => Some(None),
+                                _ => self.store.blob(&e.hash).ok().flatten().map(Some),
+                            },
                         };
-                        match value {
-                            Some(v) => {
+                        match have {
+                            Some(bytes) => {
                                 map.insert(key.clone(), e.hash);
-                                if emit {
+                                if let Some(value) = bytes {
                                     events.push(Event::Put {
                                         key,
-                                        value: v,
+                                        value,
                                         origin: node_id_string(&e.origin),
                                     });
                                 }
@@ -1057,7 +1107,22 @@ impl Replica {
         if self.pending.is_empty() {
             return;
         }
-        let hashes: Vec<ValueHash> = self.pending.keys().copied().collect();
+        let now = Instant::now();
+        let asked = &mut self.asked;
+        asked.retain(|h, _| self.pending.contains_key(h));
+        let hashes: Vec<ValueHash> = self
+            .pending
+            .keys()
+            .filter(|h| {
+                asked
+                    .get(*h)
+                    .is_none_or(|t| now.duration_since(*t) >= REASK_AFTER)
+            })
+            .copied()
+            .collect();
+        for h in &hashes {
+            asked.insert(*h, now);
+        }
         for chunk in hashes.chunks(MAX_WANT) {
             self.send(
                 peer,

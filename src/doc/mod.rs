@@ -210,17 +210,26 @@ impl KvDoc {
 
     /// Every live key and its entry, in key order.
     pub fn entries(&self) -> Vec<(String, Entry)> {
-        self.doc
-            .keys(ROOT)
-            .filter_map(|k| self.get(&k).map(|e| (k, e)))
-            .collect()
+        let mut all = self.all_entries();
+        all.retain(|(_, e)| !e.is_tombstone());
+        all
     }
 
-    /// Every key's winning entry, tombstones included, in key order.
+    /// Every key's winning entry, tombstones included, in key order. One pass over the map:
+    /// looking each key up instead cost most of a 100k-key reopen (BENCHMARKS.md, W5). Only a
+    /// key whose values conflict is looked up again, to rank them.
     pub fn all_entries(&self) -> Vec<(String, Entry)> {
         self.doc
-            .keys(ROOT)
-            .filter_map(|k| self.winner(&k).map(|e| (k, e)))
+            .map_range(ROOT, ..)
+            .filter_map(|item| {
+                let e = if item.conflict {
+                    self.winner(&item.key)
+                } else {
+                    let id = item.id();
+                    entry_of(item.value.into(), &id)
+                };
+                e.map(|e| (item.key.into_owned(), e))
+            })
             .collect()
     }
 
