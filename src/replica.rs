@@ -45,7 +45,10 @@ const RESCAN_THRESHOLD: usize = 2_000;
 /// peer the rotation picks).
 const REASK_AFTER: Duration = Duration::from_secs(3);
 /// Change rows are folded into a new snapshot once they weigh more than the snapshot and this.
-const MIN_COMPACT_BYTES: usize = 1 << 20;
+/// (A graceful shutdown folds whatever there is, so this bounds reopen after a crash. Saving
+/// a 100k-key snapshot costs about half a second: a fresh node catching up should not pay it
+/// for its first few MB of changes.)
+const MIN_COMPACT_BYTES: usize = 4 << 20;
 
 /// One local write.
 #[derive(Debug, Clone)]
@@ -536,7 +539,6 @@ impl Replica {
             // times faster than applying change rows one by one (BENCHMARKS.md, W5).
             let fold = compact_now
                 || (fx.shutdown.is_some() && self.change_bytes + new_changes.len() > 0)
-                || new_changes.len() > RESCAN_THRESHOLD
                 || self.change_bytes
                     + new_changes
                         .iter()
@@ -753,20 +755,23 @@ impl Replica {
             Ok(Received::Want(hashes)) => {
                 let mut batch = Vec::new();
                 let mut size = 0;
-                for h in hashes.iter().take(MAX_WANT) {
-                    if let Ok(Some(v)) = self.store.blob(h) {
-                        size += v.len();
-                        batch.push(v);
-                        if size >= MAX_VALUES_REPLY {
-                            fx.replies.push((
-                                peer,
-                                DataMsg::Values {
-                                    values: std::mem::take(&mut batch),
-                                },
-                            ));
-                            size = 0;
-                        }
+                let wanted = &hashes[..hashes.len().min(MAX_WANT)];
+                let read = self.store.for_blobs(wanted, |v| {
+                    size += v.len();
+                    batch.push(v);
+                    if size >= MAX_VALUES_REPLY {
+                        fx.replies.push((
+                            peer,
+                            DataMsg::Values {
+                                values: std::mem::take(&mut batch),
+                            },
+                        ));
+                        size = 0;
                     }
+                    true
+                });
+                if let Err(e) = read {
+                    warn!("cannot read values a peer asked for: {e}");
                 }
                 if !batch.is_empty() {
                     fx.replies.push((peer, DataMsg::Values { values: batch }));
@@ -1019,7 +1024,11 @@ impl Replica {
                 touched.extend(keys.into_iter().map(|k| (k, me)));
             }
         }
-        if winners.is_none() && touched.len() > RESCAN_THRESHOLD {
+        // (A full pass costs about as much as 20k single lookups at 100k keys.)
+        if winners.is_none()
+            && touched.len() > RESCAN_THRESHOLD
+            && touched.len() > self.view.len() / 4
+        {
             winners = Some(self.doc.all_entries().into_iter().collect());
         }
         // In bulk, one scan of the stored hashes beats a lookup per key.

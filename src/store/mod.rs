@@ -111,6 +111,10 @@ impl Store {
             Durability::Process => "NORMAL",
         };
         conn.pragma_update(None, "synchronous", sync)?;
+        // Values are keyed by hash, so bulk inserts land on random pages: SQLite's default
+        // 2 MB page cache thrashes once the table outgrows it (a 100k-value catch-up spent
+        // most of its commits re-reading pages). The cache grows only as pages are used.
+        conn.pragma_update(None, "cache_size", -16384)?;
         conn.busy_timeout(std::time::Duration::from_secs(5))?;
         conn.execute_batch(SCHEMA)
             .map_err(|e| corrupt(format!("schema: {e}")))?;
@@ -222,10 +226,28 @@ impl Store {
     pub fn blob(&self, hash: &[u8]) -> Result<Option<Vec<u8>>> {
         Ok(self
             .conn
-            .query_row("SELECT data FROM blobs WHERE hash = ?1", [hash], |r| {
-                r.get(0)
-            })
+            .prepare_cached("SELECT data FROM blobs WHERE hash = ?1")?
+            .query_row([hash], |r| r.get(0))
             .optional()?)
+    }
+
+    /// Reads the blobs of `hashes` that are stored, in order, calling `f` with each until it
+    /// returns false. One read transaction for all of them: outside one, every lookup takes
+    /// and releases the file lock (3× slower at 100k lookups, BENCHMARKS.md W5 analysis).
+    pub fn for_blobs(&self, hashes: &[[u8; 16]], mut f: impl FnMut(Vec<u8>) -> bool) -> Result<()> {
+        let tx = self.conn.unchecked_transaction()?;
+        {
+            let mut stmt = tx.prepare_cached("SELECT data FROM blobs WHERE hash = ?1")?;
+            for h in hashes {
+                if let Some(v) = stmt.query_row([h], |r| r.get(0)).optional()? {
+                    if !f(v) {
+                        break;
+                    }
+                }
+            }
+        }
+        tx.finish()?;
+        Ok(())
     }
 
     /// Every persisted sync state, by peer.
