@@ -761,6 +761,36 @@ async fn w1(sz: &Sizes, rows: &mut Vec<Row>, notes: &mut Vec<String>) -> Result<
         raw_64_ops,
         Target::None,
     ));
+    // What the document alone costs: the same keys put into a plain automerge document in
+    // commits of 64 (the group size 64 writers produce), with nothing else: no SQLite, no
+    // channels. The document of a Murmur replica maps each key to a 24-byte entry.
+    let (n_seq, n_conc) = (sz.w1_seq, sz.w1_conc);
+    let am_ops = tokio::task::spawn_blocking(move || -> Result<f64> {
+        let mut doc = AutoCommit::new();
+        for i in 0..n_seq {
+            doc.put(ROOT, key(i), ScalarValue::Bytes(vec![7u8; 24]))?;
+        }
+        doc.commit();
+        let t0 = Instant::now();
+        for i in n_seq..n_seq + n_conc {
+            doc.put(ROOT, key(i), ScalarValue::Bytes(vec![7u8; 24]))?;
+            if i % 64 == 63 {
+                doc.commit();
+            }
+        }
+        doc.commit();
+        Ok(n_conc as f64 / t0.elapsed().as_secs_f64())
+    })
+    .await??;
+    rows.push(row(
+        "W1",
+        "  64 writers, same figure",
+        conc_ops,
+        "ops/s",
+        "raw automerge put, commit per 64 (no I/O)",
+        am_ops,
+        Target::None,
+    ));
     notes.push(format!(
         "W1 raw baselines: {} single-insert txns, {} inserts in txns of 1000",
         sz.raw_single, sz.raw_grouped

@@ -273,8 +273,8 @@ enum Persisted {
 #[derive(Default)]
 struct Effects {
     acks: Vec<oneshot::Sender<Result<()>>>,
-    /// Keys touched by this node's writes.
-    local_keys: Vec<String>,
+    /// Keys touched by this node's writes, with the entry each write made.
+    local_keys: Vec<(String, Entry)>,
     /// Keys touched by peers, with the origin to report for deletions.
     remote_keys: Vec<(String, NodeBytes)>,
     /// Peers whose sync state must be polled (a reply may be due).
@@ -414,13 +414,27 @@ impl Replica {
                                 let t = self.hlc.stamp(Hlc::wall_ms());
                                 let r = self.doc.put(&key, &h, t);
                                 local_values.push((h, value));
-                                fx.local_keys.push(key);
+                                fx.local_keys.push((
+                                    key,
+                                    Entry {
+                                        hash: h,
+                                        hlc: t,
+                                        origin: self.me,
+                                    },
+                                ));
                                 r
                             }
                             WriteOp::Delete { key } => {
                                 let t = self.hlc.stamp(Hlc::wall_ms());
                                 let r = self.doc.delete(&key, t);
-                                fx.local_keys.push(key);
+                                fx.local_keys.push((
+                                    key,
+                                    Entry {
+                                        hash: doc::TOMBSTONE,
+                                        hlc: t,
+                                        origin: self.me,
+                                    },
+                                ));
                                 r
                             }
                         };
@@ -528,6 +542,15 @@ impl Replica {
                 return Err(Error::Storage(format!("document rejected the write: {e}")));
             }
             let compact_now = !fx.compact.is_empty();
+            // A batch that acknowledges nothing to anyone (peers' changes and values only)
+            // need not wait for the disk: see `Store::set_relaxed`.
+            let relaxed = fx.acks.is_empty()
+                && fx.terms.is_empty()
+                && fx.compact.is_empty()
+                && fx.shutdown.is_none()
+                && local_values.is_empty()
+                && local_change.is_none();
+            self.store.set_relaxed(relaxed);
             let tx = self.store.tx()?;
             for (h, v) in &local_values {
                 tx.insert_blob(h, v)?;
@@ -926,6 +949,7 @@ impl Replica {
         let bytes_before = (self.snapshot_len + self.change_bytes) as u64;
         let snap = new.save();
         let keep = new.visible_hashes();
+        self.store.set_relaxed(false);
         let result = (|| -> Result<usize> {
             let tx = self.store.tx()?;
             tx.replace_snapshot(&snap)?;
@@ -996,10 +1020,17 @@ impl Replica {
                     .map(|(h, v)| (*h, v.as_slice())),
             )
             .collect();
+        // Without changes from peers in this batch, a key this node wrote holds the entry of its
+        // last write here: its stamp is above every stamp the document holds (the clock has
+        // observed them all). That spares a document lookup per write.
+        let mut known: HashMap<String, Entry> = HashMap::new();
+        if fx.remote_keys.is_empty() && fx.rescan.is_none() {
+            known.extend(fx.local_keys.iter().cloned());
+        }
         let mut touched: Vec<(String, NodeBytes)> = fx
             .local_keys
             .drain(..)
-            .map(|k| (k, me))
+            .map(|(k, _)| (k, me))
             .chain(fx.remote_keys.drain(..))
             .collect();
         // After a bulk change every key is looked at: take every winner in one pass instead of
@@ -1045,9 +1076,10 @@ impl Replica {
                 if !seen.insert(key.clone()) {
                     continue;
                 }
-                let entry = match &winners {
-                    Some(w) => w.get(&key).filter(|e| !e.is_tombstone()).cloned(),
-                    None => self.doc.get(&key),
+                let entry = match (&winners, known.get(&key)) {
+                    (Some(w), _) => w.get(&key).filter(|e| !e.is_tombstone()).cloned(),
+                    (None, Some(e)) => Some(*e).filter(|e| !e.is_tombstone()),
+                    (None, None) => self.doc.get(&key),
                 };
                 match entry {
                     None => {
@@ -1191,6 +1223,7 @@ impl Replica {
     }
 
     fn persist_all_sync(&mut self) -> Result<()> {
+        self.store.set_relaxed(false);
         let tx = self.store.tx()?;
         for (peer, link) in &self.peers {
             tx.set_peer_sync(peer, &link.sync.persisted())?;

@@ -51,6 +51,9 @@ CREATE TABLE IF NOT EXISTS peer_addrs(peer BLOB PRIMARY KEY, addr BLOB NOT NULL)
 /// The writer's handle on the database. Holds the directory lock for its whole life.
 pub(crate) struct Store {
     conn: Connection,
+    durability: Durability,
+    /// Whether the connection is switched to `synchronous=NORMAL` for the next transaction.
+    relaxed: bool,
     dir: PathBuf,
     db_path: PathBuf,
     /// Held (and locked) while the store is open; released when dropped.
@@ -120,6 +123,8 @@ impl Store {
             .map_err(|e| corrupt(format!("schema: {e}")))?;
         let mut store = Store {
             conn,
+            durability,
+            relaxed: false,
             dir: dir.to_path_buf(),
             db_path,
             _lock: lock,
@@ -307,6 +312,22 @@ impl Store {
             .query_row("PRAGMA wal_checkpoint(TRUNCATE)", [], |_| Ok(()));
     }
 
+    /// Chooses how the next transactions are synced. `relaxed` commits skip the fsync
+    /// (`synchronous=NORMAL`) even under [`Durability::Full`]; the replica uses it for batches
+    /// that acknowledge nothing (only changes and values from peers). This is safe because in
+    /// WAL mode a power loss can only cut a suffix of the log: the next full commit syncs every
+    /// earlier frame with it, and a lost suffix of peers' changes is fetched again by sync, the
+    /// same as under [`Durability::Process`]. No acknowledged write depends on a relaxed commit.
+    pub fn set_relaxed(&mut self, relaxed: bool) {
+        if self.durability != Durability::Full || self.relaxed == relaxed {
+            return;
+        }
+        let mode = if relaxed { "NORMAL" } else { "FULL" };
+        if self.conn.pragma_update(None, "synchronous", mode).is_ok() {
+            self.relaxed = relaxed;
+        }
+    }
+
     /// Starts a transaction: every write of one group commit goes through one.
     pub fn tx(&mut self) -> Result<Tx<'_>> {
         Ok(Tx {
@@ -481,6 +502,27 @@ mod tests {
         );
         drop(store);
         Store::open(dir.path(), Durability::Process).expect("reopens after the vacuum");
+    }
+
+    #[test]
+    fn relaxed_commits_apply_only_under_full_durability_and_switch_back() {
+        let sync_mode = |s: &Store| -> i64 {
+            s.conn
+                .query_row("PRAGMA synchronous", [], |r| r.get(0))
+                .unwrap()
+        };
+        let dir = tempfile::tempdir().unwrap();
+        let mut full = Store::open(dir.path(), Durability::Full).unwrap();
+        assert_eq!(sync_mode(&full), 2, "FULL");
+        full.set_relaxed(true);
+        assert_eq!(sync_mode(&full), 1, "NORMAL while relaxed");
+        full.set_relaxed(false);
+        assert_eq!(sync_mode(&full), 2, "FULL again");
+        drop(full);
+        let mut process = Store::open(dir.path(), Durability::Process).unwrap();
+        assert_eq!(sync_mode(&process), 1);
+        process.set_relaxed(false);
+        assert_eq!(sync_mode(&process), 1, "Process never becomes FULL");
     }
 
     #[test]
