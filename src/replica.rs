@@ -149,6 +149,15 @@ impl ReadView {
         self.map.read().unwrap_or_else(|p| p.into_inner()).len()
     }
 
+    /// Every hash the view points at. Values are garbage-collected only when neither the
+    /// document nor the view references them: the view is brought up to date after the commit
+    /// that drops values, and a reader must never find a hash in it whose value is gone
+    /// (that race made `get` fail while an epoch switch vacuumed the file).
+    fn hashes(&self) -> HashSet<ValueHash> {
+        let m = self.map.read().unwrap_or_else(|p| p.into_inner());
+        m.values().copied().collect()
+    }
+
     fn write(&self) -> std::sync::RwLockWriteGuard<'_, BTreeMap<String, ValueHash>> {
         self.map.write().unwrap_or_else(|p| p.into_inner())
     }
@@ -573,6 +582,7 @@ impl Replica {
                 tx.replace_snapshot(&snap)?;
                 let mut keep = self.doc.visible_hashes();
                 keep.extend(self.pending.keys().copied());
+                keep.extend(self.view.hashes());
                 let dropped = tx.retain_blobs(&keep)?;
                 debug!(snapshot = snap.len(), dropped, "compacted");
                 Persisted::Snapshot(snap.len())
@@ -948,7 +958,8 @@ impl Replica {
     fn switch(&mut self, mut new: KvDoc, epoch: EpochId, carried: usize) {
         let bytes_before = (self.snapshot_len + self.change_bytes) as u64;
         let snap = new.save();
-        let keep = new.visible_hashes();
+        let mut keep = new.visible_hashes();
+        keep.extend(self.view.hashes());
         self.store.set_relaxed(false);
         let result = (|| -> Result<usize> {
             let tx = self.store.tx()?;
