@@ -27,6 +27,8 @@ use crate::error::{Error, Result};
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
 pub enum Durability {
     /// A write that returned survives power loss (`PRAGMA synchronous=FULL`). The default.
+    /// Changes that only arrived from peers are committed without the sync: a power loss may
+    /// roll the newest of them back, and the next sync with a peer fetches them again.
     #[default]
     Full,
     /// A write that returned survives a crash of the process, not of the machine
