@@ -42,6 +42,11 @@ impl Node {
         if let Some(t) = bootstrap {
             c.args(["--bootstrap", t]);
         }
+        Node::spawn(c)
+    }
+
+    /// Starts `c` (a `murmur ... run` command) with its stdin and stdout piped.
+    fn spawn(mut c: Command) -> Node {
         let mut child = c
             .stdin(Stdio::piped())
             .stdout(Stdio::piped())
@@ -188,27 +193,7 @@ fn kill_9_during_compactions_loses_no_acknowledged_write() {
             "100",
             "run",
         ]);
-        let mut child = c
-            .stdin(Stdio::piped())
-            .stdout(Stdio::piped())
-            .stderr(Stdio::null())
-            .spawn()
-            .expect("spawn murmur");
-        let stdin = child.stdin.take().unwrap();
-        let stdout = child.stdout.take().unwrap();
-        let (tx, lines) = mpsc::channel();
-        std::thread::spawn(move || {
-            for l in BufReader::new(stdout).lines().map_while(Result::ok) {
-                if tx.send(l).is_err() {
-                    return;
-                }
-            }
-        });
-        let n = Node {
-            child,
-            stdin,
-            lines,
-        };
+        let n = Node::spawn(c);
         n.expect_line("ready");
         n
     };
