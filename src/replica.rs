@@ -551,14 +551,13 @@ impl Replica {
                 return Err(Error::Storage(format!("document rejected the write: {e}")));
             }
             let compact_now = !fx.compact.is_empty();
-            // A batch that acknowledges nothing to anyone (peers' changes and values only)
-            // need not wait for the disk: see `Store::set_relaxed`.
+            // A batch that acknowledges nothing to anyone (no local write, term, compaction or
+            // shutdown: peers' changes and values only) need not wait for the disk: see
+            // `Store::set_relaxed`.
             let relaxed = fx.acks.is_empty()
                 && fx.terms.is_empty()
                 && fx.compact.is_empty()
-                && fx.shutdown.is_none()
-                && local_values.is_empty()
-                && local_change.is_none();
+                && fx.shutdown.is_none();
             self.store.set_relaxed(relaxed);
             let tx = self.store.tx()?;
             for (h, v) in &local_values {
@@ -570,7 +569,7 @@ impl Replica {
             // Also fold on shutdown: the next open then loads one snapshot, which is several
             // times faster than applying change rows one by one (BENCHMARKS.md, W5).
             let fold = compact_now
-                || (fx.shutdown.is_some() && self.change_bytes + new_changes.len() > 0)
+                || (fx.shutdown.is_some() && (self.change_bytes > 0 || !new_changes.is_empty()))
                 || self.change_bytes
                     + new_changes
                         .iter()

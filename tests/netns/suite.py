@@ -194,6 +194,18 @@ class Node:
         self.p.send_signal(signal.SIGKILL)
         self.p.wait()
 
+    def drain_oks(self):
+        """Counts the "ok" lines already printed but not read (after kill9: acknowledged
+        writes whose acks were not read yet)."""
+        n = 0
+        while True:
+            try:
+                line = self.q.get_nowait()
+            except queue.Empty:
+                return n
+            if line == "ok":
+                n += 1
+
     def quit(self):
         if self.p.poll() is None:
             try:
@@ -362,15 +374,8 @@ class Suite:
                     raise CheckFailed(f"{w.name} exited early")
             w.kill9()
             # Acks read before the kill; later ones may have been printed but not read:
-            # drain them too, they were acknowledged.
-            while True:
-                try:
-                    line = w.q.get_nowait()
-                except queue.Empty:
-                    break
-                if line == "ok":
-                    n += 1
-            acked[w.name] = n
+            # count them too, they were acknowledged.
+            acked[w.name] = n + w.drain_oks()
         for w in writers:
             w.start()
             for j in range(acked[w.name]):
@@ -439,13 +444,7 @@ class Suite:
                 if acked % 60 == 0:
                     b_leader.send("compact")
         b_writer.kill9()
-        while True:
-            try:
-                line = b_writer.q.get_nowait()
-            except queue.Empty:
-                break
-            if line == "ok":
-                acked += 1
+        acked += b_writer.drain_oks()
         # A put may have committed after its "ok" was lost with the process, so a later write
         # of the same key is also fine; an earlier one would be a lost acknowledged write.
         for j in range(rounds):
