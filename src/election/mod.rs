@@ -67,12 +67,34 @@ mod sim_tests;
 #[derive(Debug, Clone, Copy)]
 pub struct Config {
     /// How often a leader sends `Leader` heartbeats to every peer; also how
-    /// long a candidate waits for an `Answer` before claiming leadership.
+    /// long a candidate waits for an `Answer` before claiming leadership
+    /// (half of it when the only node that could answer is the leader it just
+    /// lost, see [`Config::lost_leader_wait`]).
     pub heartbeat_interval: Duration,
     /// How long a node without a leader waits to hear one (at start-up, or
     /// after an `Answer`), and how long a follower tolerates silence from its
     /// leader.
     pub leader_timeout: Duration,
+}
+
+impl Config {
+    /// How long a follower that lost its leader waits for an `Answer` when
+    /// that leader is the only higher node it knows: half a heartbeat
+    /// interval.
+    ///
+    /// This is the failover path. A follower notices a crashed leader up to
+    /// `leader_timeout` after the crash, and the swarm should agree on the new
+    /// leader within one more heartbeat interval (issue 7, BENCHMARKS.md W7);
+    /// waiting a whole interval put failover exactly on that bound. The wait
+    /// cannot be dropped altogether: the leader may be alive with its
+    /// heartbeats lost, and its `Answer` (one round trip) is what keeps a
+    /// spurious timeout from unseating it. Any other candidate waits a whole
+    /// interval, because a shorter wait makes two live candidates claim the
+    /// same term more often on a slow, lossy network (the simulation's
+    /// dual-leadership count triples).
+    pub fn lost_leader_wait(&self) -> Duration {
+        self.heartbeat_interval / 2
+    }
 }
 
 impl Default for Config {
@@ -151,7 +173,7 @@ pub enum Phase {
     /// to `leader_timeout` to hear a leader.
     Idle,
     /// Sent `Election` to higher peers; waiting up to `heartbeat_interval`
-    /// for an `Answer`.
+    /// (or [`Config::lost_leader_wait`]) for an `Answer`.
     Candidate,
     /// A higher node is alive (it answered, or announced itself with a stale
     /// term); waiting up to `leader_timeout` for its `Leader` message.
@@ -532,6 +554,11 @@ impl<I: Ord + Clone + std::fmt::Debug> Election<I> {
     }
 
     fn start_election(&mut self, now: Duration) {
+        self.start_election_after(now, None);
+    }
+
+    /// Starts an election; `lost` is the leader whose loss started it.
+    fn start_election_after(&mut self, now: Duration, lost: Option<&I>) {
         // Callers only get here without a leader (Idle, AwaitingCoordinator,
         // or right after leader_lost emitted None).
         let higher: Vec<I> = self
@@ -543,12 +570,17 @@ impl<I: Ord + Clone + std::fmt::Debug> Election<I> {
             self.become_leader(now);
             return;
         }
+        let wait = if higher.iter().all(|p| Some(p) == lost) {
+            self.config.lost_leader_wait()
+        } else {
+            self.config.heartbeat_interval
+        };
         let term = self.term;
         for p in higher {
             self.send(p, Message::Election { term });
         }
         self.role = Role::Candidate {
-            deadline: now.saturating_add(self.config.heartbeat_interval),
+            deadline: now.saturating_add(wait),
         };
     }
 
@@ -584,8 +616,12 @@ impl<I: Ord + Clone + std::fmt::Debug> Election<I> {
     }
 
     fn leader_lost(&mut self, now: Duration) {
+        let lost = match &self.role {
+            Role::Follower { leader, .. } => Some(leader.clone()),
+            _ => None,
+        };
         self.announce(None, self.leader_term);
-        self.start_election(now);
+        self.start_election_after(now, lost.as_ref());
     }
 
     fn broadcast_leader(&mut self) {
