@@ -62,6 +62,7 @@ fn templates() -> &'static (Vec<u8>, Vec<u8>) {
         d.commit();
         let sync = d
             .generate_sync_message(&mut State::new())
+            .map(|(bytes, _)| bytes)
             .unwrap_or_default();
         (change, sync)
     })

@@ -26,7 +26,7 @@ use crate::{
     events::Event,
     history::{self, Action, Coordinator, EpochId, Policy, Usage},
     store::{Durability, Reader, Store},
-    sync::{DataMsg, PeerSync, Received},
+    sync::{DataMsg, Loaded, PeerSync, Received},
 };
 
 /// Most commands folded into one transaction.
@@ -225,6 +225,9 @@ struct PeerLink {
     epoch: Option<EpochId>,
     /// The peer is in an older epoch and fetching ours: answer its sync messages.
     serving: bool,
+    /// This connection already pushed every value behind a whole document (automerge may send
+    /// the whole document again before the peer's first reply; the values need to go once).
+    values_pushed: bool,
     sync: PeerSync,
     tx: mpsc::Sender<DataMsg>,
 }
@@ -251,7 +254,10 @@ struct Replica {
     saved_sync: HashMap<NodeBytes, Vec<u8>>,
     /// Values the document references that this replica does not have yet, with the keys
     /// waiting for them. Those keys keep their previous value in the view until they arrive.
-    pending: HashMap<ValueHash, HashSet<String>>,
+    pending: HashMap<ValueHash, Pending>,
+    /// Counts the batches that changed the document: a pending key recorded in the current
+    /// generation still has the entry it was recorded with.
+    doc_gen: u64,
     /// Rotates which peer is asked for pending values on each tick.
     want_rotation: usize,
     /// When each pending value was last asked for: asked again only after `REASK_AFTER`, so
@@ -268,6 +274,62 @@ struct Replica {
     leading: Option<u64>,
     leader: Option<NodeBytes>,
     started: Instant,
+}
+
+/// Values being gathered into `Values` messages of about `MAX_VALUES_REPLY` bytes each.
+#[derive(Default)]
+struct ValuesBatch {
+    values: Vec<Vec<u8>>,
+    size: usize,
+}
+
+impl ValuesBatch {
+    /// Adds a value; returns a full message when the batch reaches its size.
+    fn push(&mut self, v: Vec<u8>) -> Option<DataMsg> {
+        self.size += v.len();
+        self.values.push(v);
+        (self.size >= MAX_VALUES_REPLY).then(|| {
+            self.size = 0;
+            DataMsg::Values {
+                values: std::mem::take(&mut self.values),
+            }
+        })
+    }
+
+    /// The last, partly filled message.
+    fn finish(self) -> Option<DataMsg> {
+        (!self.values.is_empty()).then_some(DataMsg::Values {
+            values: self.values,
+        })
+    }
+}
+
+/// The keys waiting for one value.
+struct Pending {
+    /// The document generation ([`Replica::doc_gen`]) of the oldest key here. If the document
+    /// has not changed since, every key's winning entry is still this value: it goes into the
+    /// view when the value arrives, without looking the key up again.
+    since: u64,
+    /// The keys, each with the entry that waits for this value.
+    keys: Vec<(String, Entry)>,
+}
+
+impl Pending {
+    /// Records that `key` waits for this value, as of generation `gen`.
+    fn add(
+        pending: &mut HashMap<ValueHash, Pending>,
+        hash: ValueHash,
+        key: String,
+        entry: Entry,
+        gen: u64,
+    ) {
+        let p = pending.entry(hash).or_insert(Pending {
+            since: gen,
+            keys: Vec::new(),
+        });
+        p.since = p.since.min(gen);
+        p.keys.push((key, entry));
+    }
 }
 
 /// How a batch's new changes reached the disk.
@@ -299,6 +361,12 @@ struct Effects {
     /// Peers that sent changes: ask them for values still missing after the batch.
     ask_if_pending: HashSet<NodeBytes>,
     rescan: Option<NodeBytes>,
+    /// A peer's whole document filled this (empty) replica: its bytes and heads.
+    loaded: Option<Loaded>,
+    /// A whole document was loaded in this batch (`loaded` was taken for the commit).
+    loaded_whole: bool,
+    /// Every key's winning entry, when the batch changed the document in bulk (`rescan`).
+    winners: Option<Vec<(String, Entry)>>,
     shutdown: Option<oneshot::Sender<()>>,
     compact: Vec<oneshot::Sender<Result<()>>>,
     /// Sync states to persist.
@@ -334,7 +402,7 @@ impl Replica {
         // dominated reopen time at 100k keys (BENCHMARKS.md, W5).
         let stored_hashes = store.blob_hashes()?;
         let mut map = BTreeMap::new();
-        let mut pending: HashMap<ValueHash, HashSet<String>> = HashMap::new();
+        let mut pending: HashMap<ValueHash, Pending> = HashMap::new();
         let mut hlc = Hlc::default();
         for (key, e) in doc.all_entries() {
             hlc.observe(e.hlc);
@@ -344,7 +412,7 @@ impl Replica {
             if stored_hashes.contains(&e.hash) {
                 map.insert(key, e.hash);
             } else {
-                pending.entry(e.hash).or_default().insert(key);
+                Pending::add(&mut pending, e.hash, key, e, 0);
             }
         }
         let view = Arc::new(ReadView {
@@ -362,6 +430,7 @@ impl Replica {
             peers: HashMap::new(),
             saved_sync,
             pending,
+            doc_gen: 0,
             want_rotation: 0,
             asked: HashMap::new(),
             snapshot_len,
@@ -410,7 +479,8 @@ impl Replica {
         let mut fx = Effects::default();
         let heads_before = self.doc.heads();
         let mut local_values: Vec<(ValueHash, Vec<u8>)> = Vec::new();
-        let mut incoming_values: Vec<Vec<u8>> = Vec::new();
+        // Values from peers, each with its hash.
+        let mut incoming_values: Vec<(ValueHash, Vec<u8>)> = Vec::new();
         let mut doc_error = None;
 
         for cmd in batch {
@@ -466,6 +536,7 @@ impl Replica {
                             conn_id,
                             epoch: None,
                             serving: false,
+                            values_pushed: false,
                             sync: PeerSync::new(saved.as_deref()),
                             tx,
                         },
@@ -522,10 +593,26 @@ impl Replica {
         }
 
         let local_change = self.doc.commit();
-        let new_changes = if self.doc.heads() == heads_before {
+        // A whole document loaded into the empty replica is stored as the snapshot it is; only
+        // changes after it (if any came in the same batch) are extracted.
+        let loaded = fx.loaded.take();
+        // Values were admitted unasked behind a whole document (see `handle_peer_msg`).
+        let unasked = loaded.is_some();
+        let (base_heads, loaded_snapshot) = match loaded {
+            Some((bytes, heads)) if heads_before.is_empty() => {
+                fx.loaded_whole = true;
+                (heads, Some(bytes))
+            }
+            _ => (heads_before.clone(), None),
+        };
+        let heads_after = self.doc.heads();
+        if heads_after != heads_before {
+            self.doc_gen += 1;
+        }
+        let new_changes = if heads_after == base_heads {
             Vec::new()
         } else {
-            self.doc.changes_since(&heads_before)
+            self.doc.changes_since(&base_heads)
         };
         // Keys touched by peers: decode each change, or rescan everything after a bulk load.
         let local_hash = local_change.as_ref().map(|c| c.hash());
@@ -533,7 +620,7 @@ impl Replica {
             .iter()
             .filter(|c| Some(c.hash()) != local_hash)
             .collect();
-        if remote.len() > RESCAN_THRESHOLD {
+        if remote.len() > RESCAN_THRESHOLD || unasked {
             fx.rescan = Some(self.me);
         } else {
             for c in &remote {
@@ -544,6 +631,22 @@ impl Replica {
                     .extend(s.keys.into_iter().map(|k| (k, origin)));
             }
         }
+
+        // After a bulk change, every key's winner is taken in one pass over the map (used by
+        // `refresh_view`). With a whole document loaded, the values its sender pushed right
+        // behind it may be in this batch, before any of them was known to be wanted: keep
+        // those the document references.
+        if fx.rescan.is_some() {
+            let winners = self.doc.all_entries();
+            if unasked {
+                let wanted: HashSet<ValueHash> = winners.iter().map(|(_, e)| e.hash).collect();
+                incoming_values.retain(|(h, _)| wanted.contains(h) || self.pending.contains_key(h));
+            }
+            fx.winners = Some(winners);
+        }
+        // Inserting in key order keeps the B-tree appends local (values are keyed by hash:
+        // random order thrashed the page cache in bulk).
+        incoming_values.sort_unstable_by_key(|v| v.0);
 
         // One transaction for the whole batch.
         let commit = (|| -> Result<Persisted> {
@@ -563,8 +666,11 @@ impl Replica {
             for (h, v) in &local_values {
                 tx.insert_blob(h, v)?;
             }
-            for v in &incoming_values {
-                tx.insert_blob(&value_hash(v), v)?;
+            for (h, v) in &incoming_values {
+                tx.insert_blob(h, v)?;
+            }
+            if let Some(snap) = &loaded_snapshot {
+                tx.replace_snapshot(snap)?;
             }
             // Also fold on shutdown: the next open then loads one snapshot, which is several
             // times faster than applying change rows one by one (BENCHMARKS.md, W5).
@@ -602,7 +708,7 @@ impl Replica {
             for (peer, addr) in &fx.addrs {
                 tx.set_peer_addr(peer, addr)?;
             }
-            fx.arrived = incoming_values.iter().map(|v| value_hash(v)).collect();
+            fx.arrived = incoming_values.iter().map(|(h, _)| *h).collect();
             tx.commit()?;
             Ok(persisted)
         })();
@@ -617,7 +723,13 @@ impl Replica {
                     self.store.shrink();
                 }
             }
-            Ok(Persisted::Rows(bytes)) => self.change_bytes += bytes,
+            Ok(Persisted::Rows(bytes)) => {
+                if let Some(snap) = &loaded_snapshot {
+                    self.snapshot_len = snap.len();
+                    self.change_bytes = 0;
+                }
+                self.change_bytes += bytes;
+            }
             Err(e) => {
                 warn!("commit failed: {e}");
                 self.recover_from_failed_commit(&e);
@@ -718,7 +830,7 @@ impl Replica {
         peer: NodeBytes,
         msg: DataMsg,
         fx: &mut Effects,
-        incoming: &mut Vec<Vec<u8>>,
+        incoming: &mut Vec<(ValueHash, Vec<u8>)>,
     ) {
         let Some(link) = self.peers.get_mut(&peer) else {
             return; // raced with PeerDown
@@ -763,7 +875,8 @@ impl Replica {
                 incoming.extend(
                     values
                         .into_iter()
-                        .filter(|v| referenced.contains(&value_hash(v))),
+                        .map(|v| (value_hash(&v), v))
+                        .filter(|(h, _)| referenced.contains(h)),
                 );
                 if self.doc.has_missing_deps() {
                     // A gap: some earlier change never reached us. Sync to find it.
@@ -771,43 +884,38 @@ impl Replica {
                 }
                 fx.ask_if_pending.insert(peer);
             }
-            Ok(Received::Synced) => {
+            Ok(Received::Synced { loaded }) => {
+                if loaded.is_some() && fx.loaded.is_none() {
+                    fx.loaded = loaded;
+                }
                 fx.poll.insert(peer);
                 fx.ask_if_pending.insert(peer);
             }
             Ok(Received::Buffered) => {}
             Ok(Received::Values(values)) => {
-                // Only values this replica asked for are kept.
+                // Only values this replica asked for are kept; after a whole document loaded
+                // in this batch, those it references are (checked before the commit).
+                let loaded = fx.loaded.is_some();
                 incoming.extend(
                     values
                         .into_iter()
-                        .filter(|v| self.pending.contains_key(&value_hash(v))),
+                        .map(|v| (value_hash(&v), v))
+                        .filter(|(h, _)| loaded || self.pending.contains_key(h)),
                 );
             }
             Ok(Received::Want(hashes)) => {
-                let mut batch = Vec::new();
-                let mut size = 0;
+                let mut batch = ValuesBatch::default();
                 let wanted = &hashes[..hashes.len().min(MAX_WANT)];
                 let read = self.store.for_blobs(wanted, |v| {
-                    size += v.len();
-                    batch.push(v);
-                    if size >= MAX_VALUES_REPLY {
-                        fx.replies.push((
-                            peer,
-                            DataMsg::Values {
-                                values: std::mem::take(&mut batch),
-                            },
-                        ));
-                        size = 0;
+                    if let Some(msg) = batch.push(v) {
+                        fx.replies.push((peer, msg));
                     }
                     true
                 });
                 if let Err(e) = read {
                     warn!("cannot read values a peer asked for: {e}");
                 }
-                if !batch.is_empty() {
-                    fx.replies.push((peer, DataMsg::Values { values: batch }));
-                }
+                fx.replies.extend(batch.finish().map(|m| (peer, m)));
             }
             Err(e) => fx.bad.push((peer, e.to_string())),
         }
@@ -821,7 +929,7 @@ impl Replica {
         epoch: EpochId,
         msg: DataMsg,
         fx: &mut Effects,
-        incoming: &mut Vec<Vec<u8>>,
+        incoming: &mut Vec<(ValueHash, Vec<u8>)>,
     ) {
         let Some(st) = self.staging.as_mut() else {
             return;
@@ -834,11 +942,12 @@ impl Replica {
                 incoming.extend(
                     values
                         .into_iter()
-                        .filter(|v| referenced.contains(&value_hash(v))),
+                        .map(|v| (value_hash(&v), v))
+                        .filter(|(h, _)| referenced.contains(h)),
                 );
             }
-            Ok(Received::Synced) => {
-                let msgs = st.sync.poll(&mut st.doc, epoch);
+            Ok(Received::Synced { .. }) => {
+                let msgs = st.sync.poll(&mut st.doc, epoch).msgs;
                 for m in msgs {
                     self.send(peer, m, false);
                 }
@@ -863,7 +972,7 @@ impl Replica {
         let Some(st) = self.staging.as_mut() else {
             return;
         };
-        let msgs = st.sync.poll(&mut st.doc, st.epoch);
+        let msgs = st.sync.poll(&mut st.doc, st.epoch).msgs;
         let from = st.from;
         for m in msgs {
             self.send(from, m, false);
@@ -1012,128 +1121,166 @@ impl Replica {
     }
 
     /// Brings the view up to date with the document after a commit, and emits events.
+    ///
+    /// Each key to look at gets its winning entry from the cheapest source: the write this
+    /// batch made, the pending record it waited with (when the document has not changed since),
+    /// one pass over the whole map (after bulk changes), or a lookup in the document.
     fn refresh_view(
         &mut self,
         fx: &mut Effects,
         local_values: &[(ValueHash, Vec<u8>)],
-        incoming_values: &[Vec<u8>],
+        incoming_values: &[(ValueHash, Vec<u8>)],
     ) {
         let me = self.me;
-        // Values written or received in this batch: no need to read them back from the store.
-        let local: HashMap<ValueHash, &[u8]> = local_values
-            .iter()
-            .map(|(h, v)| (*h, v.as_slice()))
-            .chain(
-                fx.arrived
-                    .iter()
-                    .zip(incoming_values)
-                    .map(|(h, v)| (*h, v.as_slice())),
-            )
-            .collect();
+        // Values that arrived release the keys waiting for them. If the document did not change
+        // since a key started waiting, its entry is still the one it waited with.
+        let mut ready: Vec<(String, Entry)> = Vec::new();
+        let mut recheck: Vec<(String, NodeBytes)> = Vec::new();
+        for h in &fx.arrived {
+            self.asked.remove(h);
+            if let Some(p) = self.pending.remove(h) {
+                if p.since == self.doc_gen {
+                    ready.extend(p.keys);
+                } else {
+                    recheck.extend(p.keys.into_iter().map(|(k, _)| (k, me)));
+                }
+            }
+        }
+        // Every key's winner after a bulk change; the keys to look at otherwise.
+        let mut all = fx
+            .rescan
+            .map(|_| fx.winners.take().unwrap_or_else(|| self.doc.all_entries()));
+        let mut touched: Vec<(String, NodeBytes)> = Vec::new();
         // Without changes from peers in this batch, a key this node wrote holds the entry of its
         // last write here: its stamp is above every stamp the document holds (the clock has
         // observed them all). That spares a document lookup per write.
         let mut known: HashMap<String, Entry> = HashMap::new();
-        if fx.remote_keys.is_empty() && fx.rescan.is_none() {
-            known.extend(fx.local_keys.iter().cloned());
-        }
-        let mut touched: Vec<(String, NodeBytes)> = fx
-            .local_keys
-            .drain(..)
-            .map(|(k, _)| (k, me))
-            .chain(fx.remote_keys.drain(..))
-            .collect();
-        // After a bulk change every key is looked at: take every winner in one pass instead of
-        // one lookup per key.
-        let mut winners: Option<HashMap<String, Entry>> = None;
-        if let Some(origin) = fx.rescan {
-            let mut keys: HashSet<String> = self.view.keys("").into_iter().collect();
-            let all = self.doc.all_entries();
-            let mut w = HashMap::with_capacity(all.len());
-            for (k, e) in all {
-                self.hlc.observe(e.hlc);
-                keys.insert(k.clone());
-                w.insert(k, e);
+        if all.is_none() {
+            if fx.remote_keys.is_empty() {
+                known.extend(fx.local_keys.iter().cloned());
             }
-            winners = Some(w);
-            touched.extend(keys.into_iter().map(|k| (k, origin)));
-        }
-        // Values that arrived release the keys waiting for them.
-        for h in &fx.arrived {
-            self.asked.remove(h);
-            if let Some(keys) = self.pending.remove(h) {
-                touched.extend(keys.into_iter().map(|k| (k, me)));
+            touched.extend(fx.local_keys.drain(..).map(|(k, _)| (k, me)));
+            touched.append(&mut fx.remote_keys);
+            touched.append(&mut recheck);
+            // Many keys at once: one pass over the map costs about as much as 20k lookups.
+            if touched.len() > RESCAN_THRESHOLD && touched.len() > self.view.len() / 4 {
+                all = Some(self.doc.all_entries());
             }
         }
-        // (A full pass costs about as much as 20k single lookups at 100k keys.)
-        if winners.is_none()
-            && touched.len() > RESCAN_THRESHOLD
-            && touched.len() > self.view.len() / 4
-        {
-            winners = Some(self.doc.all_entries().into_iter().collect());
+        if let Some(max) = all.iter().flatten().map(|(_, e)| e.hlc).max() {
+            self.hlc.observe(max);
         }
         // In bulk, one scan of the stored hashes beats a lookup per key.
-        let stored = match winners {
-            Some(_) => self.store.blob_hashes().ok(),
-            None => None,
-        };
+        let stored = all.as_ref().and_then(|_| self.store.blob_hashes().ok());
+
+        // Values written or received in this batch: no need to read them back from the store.
+        let local: HashMap<ValueHash, &[u8]> = local_values
+            .iter()
+            .chain(incoming_values)
+            .map(|(h, v)| (*h, v.as_slice()))
+            .collect();
         let emit = self.events.receiver_count() > 0;
-        let mut seen = HashSet::new();
         let mut events = Vec::new();
-        {
-            let mut map = self.view.write();
-            for (key, origin) in touched {
-                if !seen.insert(key.clone()) {
-                    continue;
+        let store = &self.store;
+        let pending = &mut self.pending;
+        let doc_gen = self.doc_gen;
+        let mut map = self.view.write();
+        // After a bulk change: keys of the view the document no longer has.
+        let gone: Vec<String> = match (fx.rescan, &all) {
+            (Some(_), Some(all)) => {
+                let present: HashSet<&str> = all.iter().map(|(k, _)| k.as_str()).collect();
+                map.keys()
+                    .filter(|k| !present.contains(k.as_str()))
+                    .cloned()
+                    .collect()
+            }
+            _ => Vec::new(),
+        };
+        // Sets one key's view entry to `entry` (None: no value), or records it as waiting for
+        // its value.
+        let mut apply = |key: String, entry: Option<Entry>, origin: NodeBytes| match entry {
+            None => {
+                if map.remove(&key).is_some() && emit {
+                    events.push(Event::Deleted {
+                        key,
+                        origin: node_id_string(&origin),
+                    });
                 }
-                let entry = match (&winners, known.get(&key)) {
-                    (Some(w), _) => w.get(&key).filter(|e| !e.is_tombstone()).cloned(),
-                    (None, Some(e)) => Some(*e).filter(|e| !e.is_tombstone()),
-                    (None, None) => self.doc.get(&key),
+            }
+            Some(e) => {
+                if map.get(&key) == Some(&e.hash) {
+                    return;
+                }
+                // Whether the value is here, and its bytes if an event needs them.
+                let have: Option<Option<Vec<u8>>> = match local.get(&e.hash) {
+                    Some(v) => Some(emit.then(|| v.to_vec())),
+                    None => match &stored {
+                        Some(set) if !set.contains(&e.hash) => None,
+                        Some(_) if !emit => Some(None),
+                        _ => store.blob(&e.hash).ok().flatten().map(Some),
+                    },
                 };
-                match entry {
-                    None => {
-                        if map.remove(&key).is_some() && emit {
-                            events.push(Event::Deleted {
-                                key,
-                                origin: node_id_string(&origin),
-                            });
-                        }
+                match have {
+                    Some(None) => {
+                        map.insert(key, e.hash);
                     }
-                    Some(e) => {
-                        if map.get(&key) == Some(&e.hash) {
-                            continue;
-                        }
-                        // Whether the value is here, and its bytes if an event needs them.
-                        let have: Option<Option<Vec<u8>>> = match local.get(&e.hash) {
-                            Some(v) => Some(emit.then(|| v.to_vec())),
-                            None => match &stored {
-                                Some(set) if !set.contains(&e.hash) => None,
-                                Some(_) if !emit => Some(None),
-                                _ => self.store.blob(&e.hash).ok().flatten().map(Some),
-                            },
-                        };
-                        match have {
-                            Some(bytes) => {
-                                map.insert(key.clone(), e.hash);
-                                if let Some(value) = bytes {
-                                    events.push(Event::Put {
-                                        key,
-                                        value,
-                                        origin: node_id_string(&e.origin),
-                                    });
-                                }
-                            }
-                            None => {
-                                self.pending.entry(e.hash).or_default().insert(key);
-                            }
-                        }
+                    Some(Some(value)) => {
+                        map.insert(key.clone(), e.hash);
+                        events.push(Event::Put {
+                            key,
+                            value,
+                            origin: node_id_string(&e.origin),
+                        });
                     }
+                    None => Pending::add(pending, e.hash, key, e, doc_gen),
+                }
+            }
+        };
+        let live = |e: &Entry| !e.is_tombstone();
+        match (fx.rescan, all) {
+            // Every key of the document, and every key of the view it no longer has.
+            (Some(origin), Some(all)) => {
+                for key in gone {
+                    apply(key, None, origin);
+                }
+                for (key, e) in all {
+                    apply(key, Some(e).filter(live), origin);
+                }
+            }
+            (_, all) => {
+                let winners: Option<HashMap<String, Entry>> = all.map(|a| a.into_iter().collect());
+                // Released keys are not among the touched ones (touching a key changes the
+                // document). In key order, inserting thousands of them stays in warm B-tree
+                // nodes.
+                ready.sort_unstable_by(|a, b| a.0.cmp(&b.0));
+                for (key, e) in ready {
+                    apply(key, Some(e), e.origin);
+                }
+                let mut seen = HashSet::new();
+                for (key, origin) in touched {
+                    if !seen.insert(key.clone()) {
+                        continue;
+                    }
+                    let entry = match (&winners, known.get(&key)) {
+                        (Some(w), _) => w.get(&key).copied(),
+                        (None, Some(e)) => Some(*e),
+                        (None, None) => self.doc.get(&key),
+                    };
+                    apply(key, entry.filter(live), origin);
                 }
             }
         }
+        drop(map);
         for e in events {
             let _ = self.events.send(e);
+        }
+        // The values of a document that arrived whole are on their way behind it (its sender
+        // pushes them unasked): asking for them too would make the sender read them twice.
+        if fx.loaded_whole {
+            let now = Instant::now();
+            for h in self.pending.keys() {
+                self.asked.insert(*h, now);
+            }
         }
     }
 
@@ -1145,12 +1292,35 @@ impl Replica {
         if !in_step && !link.serving {
             return;
         }
-        let msgs = link.sync.poll(&mut self.doc, self.coord.epoch());
-        if !msgs.is_empty() {
-            debug!(peer = %node_id_string(&peer), parts = msgs.len(), "sending sync message");
+        let polled = link.sync.poll(&mut self.doc, self.coord.epoch());
+        if !polled.msgs.is_empty() {
+            debug!(peer = %node_id_string(&peer), parts = polled.msgs.len(), "sending sync message");
         }
-        for m in msgs {
+        let push_values = polled.whole && in_step && !link.values_pushed;
+        link.values_pushed |= push_values;
+        for m in polled.msgs {
             self.send(peer, m, false);
+        }
+        // Snapshot transfer: a peer with an empty document just got all of ours; send every
+        // value the view holds right behind it, in one scan, instead of waiting for it to ask.
+        if push_values {
+            let wanted = self.view.hashes();
+            let mut msgs = Vec::new();
+            let mut batch = ValuesBatch::default();
+            let read = self.store.scan_blobs(|h, v| {
+                if wanted.contains(&h) {
+                    msgs.extend(batch.push(v));
+                }
+            });
+            if let Err(e) = read {
+                // The peer asks for what it still lacks.
+                warn!("cannot read the values of a snapshot transfer: {e}");
+            }
+            msgs.extend(batch.finish());
+            debug!(peer = %node_id_string(&peer), values = wanted.len(), "snapshot transfer");
+            for m in msgs {
+                self.send(peer, m, false);
+            }
         }
     }
 
@@ -1174,6 +1344,9 @@ impl Replica {
         for h in &hashes {
             asked.insert(*h, now);
         }
+        // In hash order, the peer reads its values table sequentially.
+        let mut hashes = hashes;
+        hashes.sort_unstable();
         for chunk in hashes.chunks(MAX_WANT) {
             self.send(
                 peer,
@@ -1216,6 +1389,8 @@ impl Replica {
     /// After a failed commit the in-memory document may hold changes that are not on disk:
     /// reload it from the database, which is the truth.
     fn recover_from_failed_commit(&mut self, e: &Error) {
+        // Pending keys recorded against the in-memory document must be looked up again.
+        self.doc_gen += 1;
         match self.store.load_doc() {
             Ok(stored) => {
                 match KvDoc::load(stored.snapshot.as_deref(), &stored.changes, &self.me) {

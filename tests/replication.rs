@@ -181,3 +181,68 @@ async fn writes_on_both_sides_while_apart_merge_after_restart() {
     a.shutdown().await.unwrap();
     b.shutdown().await.unwrap();
 }
+
+/// A fresh node joins a node holding thousands of keys (the snapshot transfer: the whole
+/// document, then every value unasked). It reports every key with its value as an event,
+/// matches the source exactly (overwrites and deletions included), and after a restart
+/// without the network still has all of it: what it stored from the transfer is a complete
+/// replica on its own, and takes writes on top.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn fresh_node_joins_by_snapshot_and_keeps_it_across_restart() {
+    const N: usize = 3_000;
+    let (da, db) = (tempfile::tempdir().unwrap(), tempfile::tempdir().unwrap());
+    let a = node(da.path(), &[]).await;
+    for i in 0..N {
+        a.put(&format!("key-{i:05}"), format!("value-{i}").repeat(8))
+            .await
+            .unwrap();
+    }
+    for i in (0..N).step_by(10) {
+        a.delete(&format!("key-{i:05}")).await.unwrap();
+    }
+    for i in (5..N).step_by(10) {
+        a.put(&format!("key-{i:05}"), b"overwritten").await.unwrap();
+    }
+    let expected = dump(&a).await;
+    assert_eq!(expected.len(), N - N / 10);
+
+    let b = builder(db.path())
+        .bootstrap([a.ticket()])
+        .build()
+        .await
+        .unwrap();
+    let mut events = b.subscribe();
+    b.start().await.unwrap();
+    let map = converge(&[&a, &b]).await;
+    assert_eq!(map, expected);
+    // One Put event per key, with the value it holds.
+    let mut reported = std::collections::BTreeMap::new();
+    let deadline = tokio::time::Instant::now() + DEADLINE;
+    while reported.len() < expected.len() {
+        match tokio::time::timeout_at(deadline, events.recv()).await {
+            Ok(Some(Event::Put { key, value, origin })) => {
+                assert_eq!(origin, a.node_id(), "{key} reported with the wrong origin");
+                reported.insert(key, value);
+            }
+            Ok(Some(_)) => {}
+            Ok(None) => panic!("event stream closed"),
+            Err(_) => panic!("{} of {} keys reported", reported.len(), expected.len()),
+        }
+    }
+    assert_eq!(reported.into_iter().collect::<Vec<_>>(), expected);
+
+    // Nothing was written since the transfer, so the shutdown has nothing to fold: the reopen
+    // loads the document bytes exactly as they arrived.
+    b.shutdown().await.unwrap();
+    a.shutdown().await.unwrap();
+    let b2 = builder(db.path()).build().await.unwrap();
+    assert_eq!(dump(&b2).await, expected);
+    b2.put("written-after-join", b"b").await.unwrap();
+    b2.shutdown().await.unwrap();
+    let b3 = builder(db.path()).build().await.unwrap();
+    let mut after = expected.clone();
+    after.push(("written-after-join".to_string(), b"b".to_vec()));
+    after.sort();
+    assert_eq!(dump(&b3).await, after);
+    b3.shutdown().await.unwrap();
+}

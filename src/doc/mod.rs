@@ -289,25 +289,55 @@ impl KvDoc {
     }
 
     /// Generates the next automerge sync message for a peer, if there is anything to say.
-    pub fn generate_sync_message(&mut self, state: &mut sync::State) -> Option<Vec<u8>> {
-        self.doc
-            .sync()
-            .generate_sync_message(state)
-            .map(|m| m.encode())
+    ///
+    /// The flag says whether the message carries this whole document to a peer that has none
+    /// (automerge sends `save()` bytes then): the caller sends the values along without waiting
+    /// to be asked (see [`crate::sync`]).
+    pub fn generate_sync_message(&mut self, state: &mut sync::State) -> Option<(Vec<u8>, bool)> {
+        let msg = self.doc.sync().generate_sync_message(state)?;
+        let peer_empty = state.their_heads.as_ref().is_some_and(|h| h.is_empty());
+        let whole = peer_empty && single_document_chunk(&msg).is_some();
+        Some((msg.encode(), whole))
     }
 
     /// Applies an automerge sync message from a peer.
+    ///
+    /// When the message filled this empty document with a whole document (automerge sends
+    /// `save()` bytes to a peer that has nothing), those bytes are returned: they are this
+    /// document's snapshot as it stands, so the caller can store them as they are instead of
+    /// extracting and storing every change.
     pub fn receive_sync_message(
         &mut self,
         state: &mut sync::State,
         bytes: &[u8],
-    ) -> Result<(), String> {
+    ) -> Result<Option<Vec<u8>>, String> {
         let msg = sync::Message::decode(bytes).map_err(|e| format!("bad sync message: {e}"))?;
+        let whole = if self.is_empty() {
+            single_document_chunk(&msg).map(<[u8]>::to_vec)
+        } else {
+            None
+        };
         self.doc
             .sync()
             .receive_sync_message(state, msg)
-            .map_err(|e| format!("sync message rejected: {e}"))
+            .map_err(|e| format!("sync message rejected: {e}"))?;
+        // Automerge loads a document chunk into an empty document as a whole; anything else
+        // (nothing loaded) leaves nothing to keep.
+        Ok(whole.filter(|_| !self.is_empty()))
     }
+}
+
+/// The message's only chunk, if it is a whole document (automerge storage chunk type 0) rather
+/// than a list of changes.
+fn single_document_chunk(msg: &sync::Message) -> Option<&[u8]> {
+    // Storage chunks start with 4 magic bytes and a 4-byte checksum; then the chunk type.
+    const MAGIC: [u8; 4] = [0x85, 0x6f, 0x4a, 0x83];
+    const DOCUMENT: u8 = 0;
+    if msg.changes.len() != 1 {
+        return None;
+    }
+    let chunk = msg.changes.iter().next()?;
+    (chunk.len() > 8 && chunk[..4] == MAGIC && chunk[8] == DOCUMENT).then_some(chunk)
 }
 
 fn entry_of(value: Value<'_>, id: &automerge::ObjId) -> Option<Entry> {

@@ -275,3 +275,93 @@ fn in_epoch() -> Vec<u8> {
         epoch: EpochId::ZERO,
     })
 }
+
+/// Snapshot transfer from a hostile peer: a whole document sent to a fresh node, then values
+/// it did not ask for. The node keeps the document and the values it references, and stores
+/// none of the others, though they arrive in the same breath as the document (no `Want` was
+/// sent for any of them).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn unasked_values_behind_a_whole_document_are_kept_only_if_referenced() {
+    use crate::doc::{value_hash, KvDoc};
+    use crate::store::{Durability, Store};
+    use crate::sync::PeerSync;
+
+    let dir = tempfile::tempdir().unwrap();
+    let a = node(dir.path()).await;
+    let raw = Raw::new(SwarmKey::from_name("hostile")).await;
+    let a_id = *ticket::parse(&a.ticket()).unwrap().id.as_bytes();
+
+    // The attacker's document, and the whole-document sync message it would send to an empty
+    // peer (found by syncing with an empty stand-in locally).
+    let values: Vec<Vec<u8>> = (0..10u8).map(|i| vec![i; 100]).collect();
+    let mut doc = KvDoc::new(&raw.shared.me);
+    for (i, v) in values.iter().enumerate() {
+        doc.put(&format!("k{i}"), &value_hash(v), i as u64 + 1)
+            .unwrap();
+    }
+    doc.commit();
+    let mut stand_in = KvDoc::new(&[9; 32]);
+    let (mut ours, mut theirs) = (PeerSync::new(None), PeerSync::new(None));
+    let mut whole = None;
+    for _ in 0..4 {
+        let polled = ours.poll(&mut doc, EpochId::ZERO);
+        if polled.whole {
+            whole = Some(polled.msgs);
+            break;
+        }
+        for m in polled.msgs {
+            theirs.receive(&mut stand_in, m).unwrap();
+        }
+        for m in theirs.poll(&mut stand_in, EpochId::ZERO).msgs {
+            ours.receive(&mut doc, m).unwrap();
+        }
+    }
+    let whole = whole.expect("a whole-document message for the empty peer");
+    let junk: Vec<Vec<u8>> = (0..3u8).map(|i| vec![0xE0 + i; 100]).collect();
+
+    let (conn, _) = raw.dial(&a).await;
+    let (_cs, _cr, mut ds, _dr) = handshake(&raw.shared, &conn, true, &a_id)
+        .await
+        .unwrap_or_else(|(_, e)| panic!("handshake failed: {e}"));
+    let mut frames = in_epoch();
+    for m in &whole {
+        frames.extend(encode_frame(m));
+    }
+    // Referenced values and junk, mixed, right behind the document.
+    let mut mixed = junk.clone();
+    mixed.extend(values.iter().cloned());
+    frames.extend(encode_frame(&DataMsg::Values { values: mixed }));
+    ds.write_all(&frames).await.unwrap();
+
+    let deadline = tokio::time::Instant::now() + DEADLINE;
+    for (i, v) in values.iter().enumerate() {
+        loop {
+            if a.get(&format!("k{i}")).await.unwrap().as_ref() == Some(v) {
+                break;
+            }
+            assert!(
+                tokio::time::Instant::now() < deadline,
+                "k{i} never arrived with its value"
+            );
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+    }
+    assert_eq!(a.len().await.unwrap(), values.len());
+    a.shutdown().await.unwrap();
+    drop(conn);
+
+    let store = Store::open(dir.path(), Durability::Full).unwrap();
+    for v in &values {
+        assert!(store.blob(&value_hash(v)).unwrap().is_some());
+    }
+    for j in &junk {
+        assert!(
+            store.blob(&value_hash(j)).unwrap().is_none(),
+            "an unreferenced value was stored"
+        );
+    }
+    // What the node stored is a document it can reopen on its own.
+    let stored = store.load_doc().unwrap();
+    let reloaded = KvDoc::load(stored.snapshot.as_deref(), &stored.changes, &[1; 32]).unwrap();
+    assert_eq!(reloaded.entries(), doc.entries());
+}

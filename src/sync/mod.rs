@@ -13,6 +13,13 @@
 //! does not hold asks the peer for it with [`DataMsg::Want`]. The replica layer does that part,
 //! since it owns the value store.
 //!
+//! **Snapshot transfer.** A peer with an empty document gets the whole document in one sync
+//! message (automerge sends `save()` bytes; [`Polled::whole`] says so), and the serving replica
+//! sends every value right behind it without waiting for a `Want`. The new replica stores the
+//! received bytes as its snapshot ([`Received::Synced`] hands them over) instead of extracting
+//! and storing thousands of changes, and does not ask for values that are already on their way.
+//! A join is then one document load, one bulk insert of values and one pass over the map.
+//!
 //! [`PeerSync`] does no I/O and has no clock: the caller feeds it received messages and asks it
 //! for messages to send. `tests` drives several replicas through a simulated network with
 //! message loss and disconnects.
@@ -84,6 +91,10 @@ pub(crate) enum SyncError {
     TooLarge,
 }
 
+/// A whole document that filled an empty replica: its bytes (a snapshot of the document as it
+/// now stands) and its heads.
+pub(crate) type Loaded = (Vec<u8>, Vec<automerge::ChangeHash>);
+
 /// What a received message means for the caller.
 #[derive(Debug, PartialEq, Eq)]
 pub(crate) enum Received {
@@ -99,13 +110,26 @@ pub(crate) enum Received {
     },
     /// A sync message was applied: the caller records the new changes and calls
     /// [`PeerSync::poll`], since a reply is usually due.
-    Synced,
+    Synced {
+        /// When the message filled an empty document with a whole one: store it as such.
+        loaded: Option<Loaded>,
+    },
     /// Part of a sync message was buffered; nothing to do yet.
     Buffered,
     /// The peer sent values (answering a `Want`).
     Values(Vec<Vec<u8>>),
     /// The peer wants these values.
     Want(Vec<ValueHash>),
+}
+
+/// The outcome of [`PeerSync::poll`].
+#[derive(Debug, Default)]
+pub(crate) struct Polled {
+    /// The sync message, in parts (empty: nothing to say).
+    pub msgs: Vec<DataMsg>,
+    /// The message carries the whole document to a peer whose document is empty: the caller
+    /// sends the values behind it.
+    pub whole: bool,
 }
 
 /// Replication state for one connected peer.
@@ -146,10 +170,13 @@ impl PeerSync {
 
     /// The messages of the next sync round, if the protocol has anything to say (called on
     /// connect, after applying a received message, after a gap and on anti-entropy ticks).
-    pub fn poll(&mut self, doc: &mut KvDoc, epoch: EpochId) -> Vec<DataMsg> {
+    pub fn poll(&mut self, doc: &mut KvDoc, epoch: EpochId) -> Polled {
         match doc.generate_sync_message(&mut self.state) {
-            None => Vec::new(),
-            Some(bytes) => split_sync(bytes, self.part_size, epoch),
+            None => Polled::default(),
+            Some((bytes, whole)) => Polled {
+                msgs: split_sync(bytes, self.part_size, epoch),
+                whole,
+            },
         }
     }
 
@@ -185,9 +212,11 @@ impl PeerSync {
                     w.extend_from_slice(&part);
                     w
                 };
-                doc.receive_sync_message(&mut self.state, &whole)
-                    .map_err(SyncError::BadSync)?;
-                Ok(Received::Synced)
+                let loaded = doc
+                    .receive_sync_message(&mut self.state, &whole)
+                    .map_err(SyncError::BadSync)?
+                    .map(|bytes| (bytes, doc.heads()));
+                Ok(Received::Synced { loaded })
             }
             DataMsg::Want { hashes } => Ok(Received::Want(hashes)),
             DataMsg::Values { values } => Ok(Received::Values(values)),

@@ -54,7 +54,8 @@ impl Net {
             let msgs = node.links[y]
                 .as_mut()
                 .unwrap()
-                .poll(&mut node.doc, EpochId::ZERO);
+                .poll(&mut node.doc, EpochId::ZERO)
+                .msgs;
             self.queues[x][y].extend(msgs);
         }
     }
@@ -120,12 +121,12 @@ impl Net {
         let r = link.receive(&mut node.doc, msg).expect("valid message");
         // Reply to sync messages, and recover from gaps after pushes (as the replica does).
         let reply = match r {
-            Received::Synced => true,
+            Received::Synced { .. } => true,
             Received::Pushed { .. } => node.doc.has_missing_deps(),
             _ => false,
         };
         if reply {
-            let msgs = link.poll(&mut node.doc, EpochId::ZERO);
+            let msgs = link.poll(&mut node.doc, EpochId::ZERO).msgs;
             self.queues[to][from].extend(msgs);
         }
         true
@@ -137,7 +138,7 @@ impl Net {
             for b in 0..self.nodes.len() {
                 let node = &mut self.nodes[a];
                 if let Some(l) = node.links[b].as_mut() {
-                    let msgs = l.poll(&mut node.doc, EpochId::ZERO);
+                    let msgs = l.poll(&mut node.doc, EpochId::ZERO).msgs;
                     self.queues[a][b].extend(msgs);
                 }
             }
@@ -267,12 +268,12 @@ fn sync_messages_larger_than_a_part_are_split_and_reassembled() {
     );
     let mut parts_seen = 0;
     for _ in 0..10 {
-        let to_b = sa.poll(&mut a, EpochId::ZERO);
+        let to_b = sa.poll(&mut a, EpochId::ZERO).msgs;
         parts_seen = parts_seen.max(to_b.len());
         for m in to_b {
             sb.receive(&mut b, m).unwrap();
         }
-        for m in sb.poll(&mut b, EpochId::ZERO) {
+        for m in sb.poll(&mut b, EpochId::ZERO).msgs {
             sa.receive(&mut a, m).unwrap();
         }
     }
@@ -311,4 +312,75 @@ fn malformed_peer_messages_are_errors_and_change_nothing() {
         )
         .is_err());
     assert_eq!(d.entries(), before);
+}
+
+/// Runs sync rounds between `a` and `b` until both are quiet; returns what `b` reported as
+/// loaded whole and whether `a` flagged a whole-document send.
+fn sync_pair(a: &mut KvDoc, b: &mut KvDoc) -> (Option<Loaded>, bool) {
+    let (mut sa, mut sb) = (PeerSync::new(None), PeerSync::new(None));
+    let (mut loaded, mut whole) = (None, false);
+    for _ in 0..10 {
+        let polled = sa.poll(a, EpochId::ZERO);
+        whole |= polled.whole;
+        for m in polled.msgs {
+            if let Received::Synced { loaded: Some(l) } = sb.receive(b, m).unwrap() {
+                assert!(loaded.is_none(), "a document is loaded whole once");
+                loaded = Some(l);
+            }
+        }
+        for m in sb.poll(b, EpochId::ZERO).msgs {
+            sa.receive(a, m).unwrap();
+        }
+    }
+    (loaded, whole)
+}
+
+#[test]
+fn an_empty_replica_gets_the_whole_document_and_its_bytes_are_a_snapshot() {
+    let mut a = KvDoc::new(&[1; 32]);
+    for i in 0..300u32 {
+        a.put(
+            &format!("key-{i:08}"),
+            &value_hash(&i.to_be_bytes()),
+            i.into(),
+        )
+        .unwrap();
+        if i % 10 == 9 {
+            a.commit();
+        }
+    }
+    a.delete("key-00000007", 1_000).unwrap();
+    a.commit();
+    let mut b = KvDoc::new(&[2; 32]);
+    let (loaded, whole) = sync_pair(&mut a, &mut b);
+    assert!(whole, "the serving side flags the whole-document send");
+    let (bytes, heads) = loaded.expect("the empty replica reports the document it loaded");
+    assert_eq!(b.entries(), a.entries());
+    assert_eq!(heads, a.heads());
+    // The bytes are the document as it stands: loading them alone gives the same replica.
+    let mut reloaded = KvDoc::load(Some(&bytes), &[], &[2; 32]).unwrap();
+    assert_eq!(reloaded.entries(), a.entries());
+    assert_eq!(reloaded.heads(), a.heads());
+}
+
+#[test]
+fn a_replica_with_history_is_synced_by_changes_not_by_a_whole_document() {
+    let mut a = KvDoc::new(&[1; 32]);
+    let mut b = KvDoc::new(&[2; 32]);
+    b.put("mine", &value_hash(b"b"), 1).unwrap();
+    b.commit();
+    for i in 0..50u32 {
+        a.put(
+            &format!("key-{i:08}"),
+            &value_hash(&i.to_be_bytes()),
+            i.into(),
+        )
+        .unwrap();
+        a.commit();
+    }
+    let (loaded, whole) = sync_pair(&mut a, &mut b);
+    assert!(loaded.is_none());
+    assert!(!whole);
+    assert_eq!(b.entries(), a.entries());
+    assert_eq!(b.entries().len(), 51);
 }
