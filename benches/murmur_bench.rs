@@ -411,6 +411,27 @@ async fn wait_key(s: &Swarm, key: &str) -> Result<()> {
 }
 
 /// Puts `keys[i] = vals[i]` from `WRITERS` concurrent tasks; returns the elapsed time.
+/// Puts keys `key(0..n)` with fresh random values from `WRITERS` concurrent writers, each
+/// making its inputs as it goes: nothing is held by the bench, so the process's memory is the
+/// nodes' (W8 measures RSS).
+async fn put_generated(s: &Swarm, n: usize) -> Result<Duration> {
+    let t0 = Instant::now();
+    let mut tasks = Vec::new();
+    for w in 0..WRITERS {
+        let s = s.clone();
+        tasks.push(tokio::spawn(async move {
+            for i in (w..n).step_by(WRITERS) {
+                s.put(&key(i), value()).await?;
+            }
+            Ok::<_, murmur::Error>(())
+        }));
+    }
+    for t in tasks {
+        t.await??;
+    }
+    Ok(t0.elapsed())
+}
+
 async fn put_concurrent(s: &Swarm, keys: Vec<String>, vals: Vec<Vec<u8>>) -> Result<Duration> {
     let n = keys.len();
     let per = n.div_ceil(WRITERS);
@@ -1506,6 +1527,8 @@ struct W8Result {
     /// RSS after `malloc_trim(0)`: what the nodes hold, without memory glibc kept after
     /// freeing it (transient sync messages, the bench's own inputs).
     rss_trimmed: u64,
+    /// 3 s after the load, the swarm idle.
+    rss_rest: u64,
     load_s: f64,
 }
 
@@ -1549,13 +1572,16 @@ async fn w8_child(n: usize, keys: usize, trials: usize) -> Result<()> {
         }
     }
     let t0 = Instant::now();
-    put_concurrent(&nodes[0], (0..keys).map(key).collect(), values(keys)).await?;
+    put_generated(&nodes[0], keys).await?;
     let want = nodes[0].len().await?;
     for s in &nodes {
         wait_len(s, want, Duration::from_millis(20)).await?;
     }
     let load_s = t0.elapsed().as_secs_f64();
     let rss_after = rss_bytes();
+    // At rest: a node gives memory back once it has been idle for a tick (1 s).
+    tokio::time::sleep(Duration::from_secs(3)).await;
+    let rss_rest = rss_bytes();
     // SAFETY: malloc_trim only releases free memory of glibc's heap; it is always safe to call.
     unsafe {
         libc::malloc_trim(0);
@@ -1567,7 +1593,7 @@ async fn w8_child(n: usize, keys: usize, trials: usize) -> Result<()> {
         s.shutdown().await?;
     }
     println!(
-        "W8RESULT {n} {keys} {p50} {} {rss_before} {rss_after} {load_s} {rss_trimmed}",
+        "W8RESULT {n} {keys} {p50} {} {rss_before} {rss_after} {load_s} {rss_trimmed} {rss_rest}",
         ms(max)
     );
     Ok(())
@@ -1600,6 +1626,7 @@ async fn run_w8_child(n: usize, keys: usize, trials: usize) -> Result<W8Result> 
         rss_after: f[5].parse()?,
         load_s: f[6].parse()?,
         rss_trimmed: f[7].parse()?,
+        rss_rest: f[8].parse()?,
     })
 }
 
@@ -1612,7 +1639,7 @@ async fn w8(sz: &Sizes, rows: &mut Vec<Row>, notes: &mut Vec<String>) -> Result<
     }
     let base = &results[0];
     for r in &results {
-        let per_node = (r.rss_after.saturating_sub(r.rss_before)) as f64 / r.nodes as f64;
+        let per_node = (r.rss_rest.saturating_sub(r.rss_before)) as f64 / r.nodes as f64;
         rows.push(row(
             "W8",
             format!(
@@ -1627,7 +1654,7 @@ async fn w8(sz: &Sizes, rows: &mut Vec<Row>, notes: &mut Vec<String>) -> Result<
         ));
         rows.push(row(
             "W8",
-            format!("{} nodes: RSS per node, {} keys", r.nodes, r.keys),
+            format!("{} nodes: RSS per node at rest, {} keys", r.nodes, r.keys),
             per_node / 1048576.0,
             "MiB",
             "64 MiB budget (at 100k keys)",
@@ -1636,33 +1663,44 @@ async fn w8(sz: &Sizes, rows: &mut Vec<Row>, notes: &mut Vec<String>) -> Result<
         ));
         notes.push(format!(
             "W8 {} nodes: probe p50 {:.2} ms, max {:.2} ms; process RSS {:.1} MiB before the \
-             nodes, {:.1} MiB with {} keys on each; loading them everywhere took {:.1} s",
+             nodes, {:.1} MiB with {} keys on each right after loading them everywhere ({:.1} s), \
+             {:.1} MiB at rest 3 s later",
             r.nodes,
             r.p50_ms,
             r.max_ms,
             r.rss_before as f64 / 1048576.0,
             r.rss_after as f64 / 1048576.0,
             r.keys,
-            r.load_s
+            r.load_s,
+            r.rss_rest as f64 / 1048576.0
         ));
     }
     if let Some((n, keys)) = sz.w8_big_keys {
         eprintln!("  W8: {n} nodes, {keys} keys");
         let r = run_w8_child(n, keys, 5).await?;
-        let per_node = (r.rss_after.saturating_sub(r.rss_before)) as f64 / r.nodes as f64;
+        let per_node = |rss: u64| (rss.saturating_sub(r.rss_before)) as f64 / r.nodes as f64;
         rows.push(row(
             "W8",
-            format!("{} nodes: RSS per node, {} keys", r.nodes, r.keys),
-            per_node / 1048576.0,
+            format!("{} nodes: RSS per node at rest, {} keys", r.nodes, r.keys),
+            per_node(r.rss_rest) / 1048576.0,
             "MiB",
             "64 MiB budget",
             64.0,
             Target::AtMost(1.0),
         ));
-        let trimmed = (r.rss_trimmed.saturating_sub(r.rss_before)) as f64 / r.nodes as f64;
         rows.push(row(
             "W8",
-            "  same, after malloc_trim(0) (memory glibc kept after frees returned)",
+            "  same, right after the load (before the idle release)",
+            per_node(r.rss_after) / 1048576.0,
+            "MiB",
+            "64 MiB budget",
+            64.0,
+            Target::None,
+        ));
+        let trimmed = per_node(r.rss_trimmed);
+        rows.push(row(
+            "W8",
+            "  same at rest, then malloc_trim(0) by the bench",
             trimmed / 1048576.0,
             "MiB",
             "64 MiB budget",
@@ -1670,12 +1708,14 @@ async fn w8(sz: &Sizes, rows: &mut Vec<Row>, notes: &mut Vec<String>) -> Result<
             Target::None,
         ));
         notes.push(format!(
-            "W8 {} nodes, {} keys: process RSS {:.1} MiB before, {:.1} MiB after, {:.1} MiB after \
-             malloc_trim(0); loading took {:.1} s",
+            "W8 {} nodes, {} keys: process RSS {:.1} MiB before, {:.1} MiB right after the \
+             load, {:.1} MiB at rest 3 s later, {:.1} MiB after malloc_trim(0); loading took \
+             {:.1} s",
             r.nodes,
             r.keys,
             r.rss_before as f64 / 1048576.0,
             r.rss_after as f64 / 1048576.0,
+            r.rss_rest as f64 / 1048576.0,
             r.rss_trimmed as f64 / 1048576.0,
             r.load_s
         ));
