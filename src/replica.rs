@@ -411,20 +411,23 @@ impl Replica {
         // One scan of the stored hashes: a lookup per key costs a parse and a lock each, which
         // dominated reopen time at 100k keys (BENCHMARKS.md, W5).
         let stored_hashes = store.blob_hashes()?;
-        let mut map = BTreeMap::new();
+        let all = doc.all_entries();
+        let mut present = Vec::with_capacity(all.len());
         let mut pending: HashMap<ValueHash, Pending> = HashMap::new();
         let mut hlc = Hlc::default();
-        for (key, e) in doc.all_entries() {
+        for (key, e) in all {
             hlc.observe(e.hlc);
             if e.is_tombstone() {
                 continue;
             }
             if stored_hashes.contains(&e.hash) {
-                map.insert(key, e.hash);
+                present.push((key, e.hash));
             } else {
                 Pending::add(&mut pending, e.hash, key, e, 0);
             }
         }
+        // Built in one go from key order (automerge's), not by as many inserts.
+        let map: BTreeMap<String, ValueHash> = present.into_iter().collect();
         let view = Arc::new(ReadView {
             map: RwLock::new(map),
             reader: Mutex::new(store.reader()?),
@@ -1211,6 +1214,23 @@ impl Replica {
         let pending = &mut self.pending;
         let doc_gen = self.doc_gen;
         let mut map = self.view.write();
+        // A view still empty (a node that just joined) takes thousands of released keys in one
+        // go: building a B-tree from sorted keys is several times faster than inserting them.
+        if map.is_empty() && fx.rescan.is_none() && ready.len() > RESCAN_THRESHOLD {
+            ready.sort_unstable_by(|a, b| a.0.cmp(&b.0));
+            if emit {
+                for (key, e) in &ready {
+                    if let Some(v) = local.get(&e.hash) {
+                        events.push(Event::Put {
+                            key: key.clone(),
+                            value: v.to_vec(),
+                            origin: node_id_string(&e.origin),
+                        });
+                    }
+                }
+            }
+            *map = ready.drain(..).map(|(k, e)| (k, e.hash)).collect();
+        }
         // After a bulk change: keys of the view the document no longer has.
         let gone: Vec<String> = match (fx.rescan, &all) {
             (Some(_), Some(all)) => {
