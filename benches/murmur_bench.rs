@@ -1012,6 +1012,20 @@ async fn w3(sz: &Sizes, w1: Option<&W1>, rows: &mut Vec<Row>) -> Result<()> {
 // ---------------------------------------------------------------------------------------------
 // W4: catch-up, W5: reopen
 
+/// A fresh node in `dir` joins `a`, which holds `n` keys: the time until it has them all, with
+/// every value readable (checked on the last key).
+async fn join_time(a: &Swarm, dir: &Path, n: usize) -> Result<Duration> {
+    let t0 = Instant::now();
+    let b = node(dir, &[a.ticket()]).await?;
+    wait_len(&b, n, Duration::from_millis(5)).await?;
+    let took = t0.elapsed();
+    if b.get(&key(n - 1)).await?.is_none() {
+        bail!("W4: the last value is missing on the new node");
+    }
+    b.shutdown().await?;
+    Ok(took)
+}
+
 async fn w4_w5(sz: &Sizes, rows: &mut Vec<Row>, notes: &mut Vec<String>) -> Result<()> {
     let n = sz.w4_keys;
     let tmp = tempfile::tempdir()?;
@@ -1021,16 +1035,7 @@ async fn w4_w5(sz: &Sizes, rows: &mut Vec<Row>, notes: &mut Vec<String>) -> Resu
     eprintln!("  W4: loaded {n} keys on A in {load_el:.2?}");
     let a_bytes = dir_bytes(&a_dir);
 
-    // A fresh node joins.
-    let t0 = Instant::now();
-    let b = node(&tmp.path().join("b"), &[a.ticket()]).await?;
-    wait_len(&b, n, Duration::from_millis(5)).await?;
-    let catch_up = t0.elapsed();
-    // Every value readable, not only the keys known.
-    if b.get(&key(n - 1)).await?.is_none() {
-        bail!("W4: the last value is missing on the new node");
-    }
-    b.shutdown().await?;
+    let catch_up = join_time(&a, &tmp.path().join("b"), n).await?;
     a.shutdown().await?;
     let a_bytes_closed = dir_bytes(&a_dir);
 
@@ -1143,22 +1148,15 @@ async fn w4_w5(sz: &Sizes, rows: &mut Vec<Row>, notes: &mut Vec<String>) -> Resu
         dir_files(&a_dir)
     ));
 
-    // The same two figures after compact() on A. A document's load time grows with its number
-    // of changes, not only its operations: A's document holds one change per replica batch
-    // (about 1,500 from 64 writers), and compact() rewrites it as one.
+    // The same two figures after compact() on A, which rewrites its document of one change per
+    // replica batch (about 1,500 from 64 writers) as one change: how much of the load is per
+    // change.
     let s = builder(&a_dir, TUNED_HB, TUNED_TO).build().await?;
     s.compact().await?;
     s.shutdown().await?;
     let compacted_reopen = reopen_time(&a_dir, &key(n / 2)).await?;
     let a = node(&a_dir, &[]).await?;
-    let t0 = Instant::now();
-    let c = node(&tmp.path().join("c"), &[a.ticket()]).await?;
-    wait_len(&c, n, Duration::from_millis(5)).await?;
-    let compacted_join = t0.elapsed();
-    if c.get(&key(n - 1)).await?.is_none() {
-        bail!("W4: the last value is missing on the node that joined after compact()");
-    }
-    c.shutdown().await?;
+    let compacted_join = join_time(&a, &tmp.path().join("c"), n).await?;
     a.shutdown().await?;
     rows.push(row(
         "W4",

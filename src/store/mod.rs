@@ -504,17 +504,23 @@ mod tests {
         );
     }
 
-    #[test]
-    fn shrink_returns_freed_pages_to_the_file_system() {
-        let dir = tempfile::tempdir().unwrap();
-        let mut store = Store::open(dir.path(), Durability::Process).unwrap();
+    /// A store holding `n` blobs of 1 KB.
+    fn store_with_blobs(dir: &Path, n: u32) -> Store {
+        let mut store = Store::open(dir, Durability::Process).unwrap();
         let tx = store.tx().unwrap();
-        for i in 0..2000u32 {
+        for i in 0..n {
             let mut h = [0u8; 16];
             h[..4].copy_from_slice(&i.to_be_bytes());
             tx.insert_blob(&h, &[7u8; 1000]).unwrap();
         }
         tx.commit().unwrap();
+        store
+    }
+
+    #[test]
+    fn shrink_returns_freed_pages_to_the_file_system() {
+        let dir = tempfile::tempdir().unwrap();
+        let mut store = store_with_blobs(dir.path(), 2000);
         store.shrink();
         let db = dir.path().join(DB_FILE);
         let full = std::fs::metadata(&db).unwrap().len();
@@ -535,14 +541,7 @@ mod tests {
     #[test]
     fn release_memory_empties_the_page_cache() {
         let dir = tempfile::tempdir().unwrap();
-        let mut store = Store::open(dir.path(), Durability::Process).unwrap();
-        let tx = store.tx().unwrap();
-        for i in 0..4000u32 {
-            let mut h = [0u8; 16];
-            h[..4].copy_from_slice(&i.to_be_bytes());
-            tx.insert_blob(&h, &[7u8; 1000]).unwrap();
-        }
-        tx.commit().unwrap();
+        let store = store_with_blobs(dir.path(), 4000);
         let cache_used = |store: &Store| {
             let (mut cur, mut high) = (0, 0);
             // SAFETY: the handle is valid while `store` lives; the call only reads counters.

@@ -249,18 +249,27 @@ fn concurrent_writes_partitioned_then_healed_converge() {
     }
 }
 
-#[test]
-fn sync_messages_larger_than_a_part_are_split_and_reassembled() {
-    let mut a = KvDoc::new(&[1; 32]);
-    for i in 0..5_000u32 {
-        a.put(
+/// A document of node `[1; 32]` holding `key-00000000..n`, committed every `per_change` puts.
+fn doc_with_keys(n: u32, per_change: u32) -> KvDoc {
+    let mut d = KvDoc::new(&[1; 32]);
+    for i in 0..n {
+        d.put(
             &format!("key-{i:08}"),
             &value_hash(&i.to_be_bytes()),
             i.into(),
         )
         .unwrap();
+        if (i + 1) % per_change == 0 {
+            d.commit();
+        }
     }
-    a.commit();
+    d.commit();
+    d
+}
+
+#[test]
+fn sync_messages_larger_than_a_part_are_split_and_reassembled() {
+    let mut a = doc_with_keys(5_000, 5_000);
     let mut b = KvDoc::new(&[2; 32]);
     let (mut sa, mut sb) = (
         PeerSync::with_part_size(4096),
@@ -337,18 +346,7 @@ fn sync_pair(a: &mut KvDoc, b: &mut KvDoc) -> (Option<Loaded>, bool) {
 
 #[test]
 fn an_empty_replica_gets_the_whole_document_and_its_bytes_are_a_snapshot() {
-    let mut a = KvDoc::new(&[1; 32]);
-    for i in 0..300u32 {
-        a.put(
-            &format!("key-{i:08}"),
-            &value_hash(&i.to_be_bytes()),
-            i.into(),
-        )
-        .unwrap();
-        if i % 10 == 9 {
-            a.commit();
-        }
-    }
+    let mut a = doc_with_keys(300, 10);
     a.delete("key-00000007", 1_000).unwrap();
     a.commit();
     let mut b = KvDoc::new(&[2; 32]);
@@ -365,19 +363,10 @@ fn an_empty_replica_gets_the_whole_document_and_its_bytes_are_a_snapshot() {
 
 #[test]
 fn a_replica_with_history_is_synced_by_changes_not_by_a_whole_document() {
-    let mut a = KvDoc::new(&[1; 32]);
+    let mut a = doc_with_keys(50, 1);
     let mut b = KvDoc::new(&[2; 32]);
     b.put("mine", &value_hash(b"b"), 1).unwrap();
     b.commit();
-    for i in 0..50u32 {
-        a.put(
-            &format!("key-{i:08}"),
-            &value_hash(&i.to_be_bytes()),
-            i.into(),
-        )
-        .unwrap();
-        a.commit();
-    }
     let (loaded, whole) = sync_pair(&mut a, &mut b);
     assert!(loaded.is_none());
     assert!(!whole);
