@@ -320,8 +320,9 @@ struct Pending {
     /// has not changed since, every key's winning entry is still this value: it goes into the
     /// view when the value arrives, without looking the key up again.
     since: u64,
-    /// The keys, each with the entry that waits for this value.
-    keys: Vec<(String, Entry)>,
+    /// The keys, each with the entry that waits for this value (a key looked at again while
+    /// the value is still missing, as every rescan does, replaces its record).
+    keys: HashMap<String, Entry>,
 }
 
 impl Pending {
@@ -335,10 +336,10 @@ impl Pending {
     ) {
         let p = pending.entry(hash).or_insert(Pending {
             since: gen,
-            keys: Vec::new(),
+            keys: HashMap::new(),
         });
         p.since = p.since.min(gen);
-        p.keys.push((key, entry));
+        p.keys.insert(key, entry);
     }
 }
 
@@ -1171,7 +1172,7 @@ impl Replica {
                 if p.since == self.doc_gen {
                     ready.extend(p.keys);
                 } else {
-                    recheck.extend(p.keys.into_iter().map(|(k, _)| (k, me)));
+                    recheck.extend(p.keys.into_keys().map(|k| (k, me)));
                 }
             }
         }
