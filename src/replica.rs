@@ -38,6 +38,15 @@ const MAX_BATCH_VALUE_BYTES: usize = 4 << 20;
 const MAX_VALUES_REPLY: usize = 4 << 20;
 /// Most hashes asked for in one `Want` message.
 const MAX_WANT: usize = 16_384;
+/// Most bytes of values pushed unasked behind a whole document (a snapshot transfer): they are
+/// read into memory and queued for the peer at once, so a large store sends this much and the
+/// new node asks for the rest (after `REASK_AFTER`). 64 `Values` messages, far below the
+/// send queue's capacity.
+#[cfg(not(test))]
+const MAX_PUSHED_VALUES: usize = 256 << 20;
+/// (Small in unit tests, so that a test store exceeds it.)
+#[cfg(test)]
+const MAX_PUSHED_VALUES: usize = 64 << 10;
 /// Above this many new changes in one batch, the view is rebuilt by a scan of the document
 /// instead of decoding each change.
 const RESCAN_THRESHOLD: usize = 2_000;
@@ -1349,15 +1358,19 @@ impl Replica {
             self.send(peer, m, false);
         }
         // Snapshot transfer: a peer with an empty document just got all of ours; send every
-        // value the view holds right behind it, in one scan, instead of waiting for it to ask.
+        // value the view holds right behind it, in one scan, instead of waiting for it to ask
+        // (up to `MAX_PUSHED_VALUES`; it asks for the rest).
         if push_values {
             let wanted = self.view.hashes();
             let mut msgs = Vec::new();
             let mut batch = ValuesBatch::default();
+            let mut pushed = 0;
             let read = self.store.scan_blobs(|h, v| {
                 if wanted.contains(&h) {
+                    pushed += v.len();
                     msgs.extend(batch.push(v));
                 }
+                pushed < MAX_PUSHED_VALUES
             });
             if let Err(e) = read {
                 // The peer asks for what it still lacks.
@@ -1497,4 +1510,58 @@ fn clone_err(e: &Error) -> Error {
 /// A node ID in iroh's text form (lowercase hex of the public key).
 pub(crate) fn node_id_string(id: &NodeBytes) -> String {
     data_encoding::HEXLOWER.encode(id)
+}
+
+#[cfg(test)]
+mod tests {
+    use std::time::Duration;
+
+    use crate::{RelayMode, Swarm};
+
+    async fn node(dir: &std::path::Path, peers: &[String]) -> Swarm {
+        let s = Swarm::builder()
+            .storage_path(dir)
+            .swarm_name("replica-tests")
+            .bind_addr("127.0.0.1:0".parse().unwrap())
+            .relay_mode(RelayMode::Disabled)
+            .local_discovery(false)
+            .heartbeat_interval(Duration::from_millis(100))
+            .leader_timeout(Duration::from_millis(500))
+            .bootstrap(peers.iter().cloned())
+            .build()
+            .await
+            .unwrap();
+        s.start().await.unwrap();
+        s
+    }
+
+    /// A snapshot transfer pushes at most `MAX_PUSHED_VALUES` (64 KiB in unit tests) unasked;
+    /// a joining node gets the rest by asking, and ends with every value.
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn values_beyond_the_push_limit_are_fetched_by_asking() {
+        let (da, db) = (tempfile::tempdir().unwrap(), tempfile::tempdir().unwrap());
+        let a = node(da.path(), &[]).await;
+        let value = |i: usize| vec![(i % 251) as u8; 1000];
+        for i in 0..300 {
+            a.put(&format!("k{i:03}"), value(i)).await.unwrap();
+        }
+        const { assert!(300 * 1000 > 4 * super::MAX_PUSHED_VALUES) };
+        let b = node(db.path(), &[a.ticket()]).await;
+        let deadline = tokio::time::Instant::now() + Duration::from_secs(30);
+        'all: loop {
+            for i in 0..300 {
+                if b.get(&format!("k{i:03}")).await.unwrap() != Some(value(i)) {
+                    assert!(
+                        tokio::time::Instant::now() < deadline,
+                        "k{i:03} never arrived"
+                    );
+                    tokio::time::sleep(Duration::from_millis(50)).await;
+                    continue 'all;
+                }
+            }
+            break;
+        }
+        b.shutdown().await.unwrap();
+        a.shutdown().await.unwrap();
+    }
 }
