@@ -53,3 +53,23 @@ pub use swarm::{
 };
 
 uniffi::setup_scaffolding!();
+
+/// A started node for the crate's own tests: 127.0.0.1, relays and mDNS off, fast election,
+/// bootstrapping from `peers` (tickets).
+#[cfg(test)]
+pub(crate) async fn test_node(dir: &std::path::Path, swarm_name: &str, peers: &[String]) -> Swarm {
+    let s = Swarm::builder()
+        .storage_path(dir)
+        .swarm_name(swarm_name)
+        .bind_addr("127.0.0.1:0".parse().unwrap())
+        .relay_mode(RelayMode::Disabled)
+        .local_discovery(false)
+        .heartbeat_interval(std::time::Duration::from_millis(100))
+        .leader_timeout(std::time::Duration::from_millis(500))
+        .bootstrap(peers.iter().cloned())
+        .build()
+        .await
+        .unwrap();
+    s.start().await.unwrap();
+    s
+}

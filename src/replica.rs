@@ -372,8 +372,6 @@ struct Effects {
     poll: HashSet<NodeBytes>,
     /// Direct replies, by peer.
     replies: Vec<(NodeBytes, DataMsg)>,
-    /// Values that arrived (hash known to be wanted or pushed).
-    arrived: Vec<ValueHash>,
     /// Peers whose connection must be closed for a protocol error.
     bad: Vec<(NodeBytes, String)>,
     /// Peers from which pending values should be requested after this batch.
@@ -734,7 +732,6 @@ impl Replica {
             for (peer, addr) in &fx.addrs {
                 tx.set_peer_addr(peer, addr)?;
             }
-            fx.arrived = incoming_values.iter().map(|(h, _)| *h).collect();
             self.work += local_values
                 .iter()
                 .chain(&incoming_values)
@@ -1175,7 +1172,7 @@ impl Replica {
         // since a key started waiting, its entry is still the one it waited with.
         let mut ready: Vec<(String, Entry)> = Vec::new();
         let mut recheck: Vec<(String, NodeBytes)> = Vec::new();
-        for h in &fx.arrived {
+        for (h, _) in incoming_values {
             self.asked.remove(h);
             if let Some(p) = self.pending.remove(h) {
                 if p.since == self.doc_gen {
@@ -1516,23 +1513,10 @@ pub(crate) fn node_id_string(id: &NodeBytes) -> String {
 mod tests {
     use std::time::Duration;
 
-    use crate::{RelayMode, Swarm};
+    use crate::{test_node, Swarm};
 
     async fn node(dir: &std::path::Path, peers: &[String]) -> Swarm {
-        let s = Swarm::builder()
-            .storage_path(dir)
-            .swarm_name("replica-tests")
-            .bind_addr("127.0.0.1:0".parse().unwrap())
-            .relay_mode(RelayMode::Disabled)
-            .local_discovery(false)
-            .heartbeat_interval(Duration::from_millis(100))
-            .leader_timeout(Duration::from_millis(500))
-            .bootstrap(peers.iter().cloned())
-            .build()
-            .await
-            .unwrap();
-        s.start().await.unwrap();
-        s
+        test_node(dir, "replica-tests", peers).await
     }
 
     /// A snapshot transfer pushes at most `MAX_PUSHED_VALUES` (64 KiB in unit tests) unasked;

@@ -23,19 +23,7 @@ use crate::{sync::DataMsg, RelayMode, Swarm};
 const DEADLINE: Duration = Duration::from_secs(20);
 
 async fn node(dir: &std::path::Path) -> Swarm {
-    let s = Swarm::builder()
-        .storage_path(dir)
-        .swarm_name("hostile")
-        .bind_addr("127.0.0.1:0".parse().unwrap())
-        .relay_mode(RelayMode::Disabled)
-        .local_discovery(false)
-        .heartbeat_interval(Duration::from_millis(100))
-        .leader_timeout(Duration::from_millis(500))
-        .build()
-        .await
-        .unwrap();
-    s.start().await.unwrap();
-    s
+    crate::test_node(dir, "hostile", &[]).await
 }
 
 /// A raw peer: an iroh endpoint speaking `murmur/1` by hand.
