@@ -327,17 +327,39 @@ impl KvDoc {
     }
 }
 
-/// The message's only chunk, if it is a whole document (automerge storage chunk type 0) rather
-/// than a list of changes.
+/// The message's only chunk, if it is exactly one whole document (automerge storage chunk
+/// type 0) rather than a list of changes.
+///
+/// "Exactly": automerge loads the first chunk of the bytes and ignores anything after it, but
+/// these bytes become the stored snapshot, which a reopen loads strictly. Bytes with anything
+/// after the chunk are not used as a snapshot (the changes are stored instead), so that
+/// malformed input can never make the store fail to reopen.
 fn single_document_chunk(msg: &sync::Message) -> Option<&[u8]> {
-    // Storage chunks start with 4 magic bytes and a 4-byte checksum; then the chunk type.
+    // A storage chunk: 4 magic bytes, a 4-byte checksum, the chunk type, the data length as
+    // unsigned LEB128, then the data.
     const MAGIC: [u8; 4] = [0x85, 0x6f, 0x4a, 0x83];
     const DOCUMENT: u8 = 0;
     if msg.changes.len() != 1 {
         return None;
     }
     let chunk = msg.changes.iter().next()?;
-    (chunk.len() > 8 && chunk[..4] == MAGIC && chunk[8] == DOCUMENT).then_some(chunk)
+    if chunk.len() <= 9 || chunk[..4] != MAGIC || chunk[8] != DOCUMENT {
+        return None;
+    }
+    let (mut len, mut shift, mut at) = (0u64, 0u32, 9);
+    loop {
+        let b = *chunk.get(at)?;
+        len |= u64::from(b & 0x7f).checked_shl(shift)?;
+        at += 1;
+        if b & 0x80 == 0 {
+            break;
+        }
+        shift += 7;
+        if shift > 63 {
+            return None;
+        }
+    }
+    (u64::try_from(chunk.len() - at).ok()? == len).then_some(chunk)
 }
 
 fn entry_of(value: Value<'_>, id: &automerge::ObjId) -> Option<Entry> {

@@ -373,3 +373,47 @@ fn a_replica_with_history_is_synced_by_changes_not_by_a_whole_document() {
     assert_eq!(b.entries(), a.entries());
     assert_eq!(b.entries().len(), 51);
 }
+
+#[test]
+fn a_whole_document_with_bytes_after_it_is_not_taken_as_a_snapshot() {
+    let mut a = doc_with_keys(200, 10);
+    // The whole-document message `a` sends an empty peer, found with an empty stand-in.
+    let mut stand_in = KvDoc::new(&[9; 32]);
+    let (mut sa, mut ss) = (PeerSync::new(None), PeerSync::new(None));
+    let mut whole = None;
+    for _ in 0..4 {
+        let polled = sa.poll(&mut a, EpochId::ZERO);
+        if polled.whole {
+            whole = polled.msgs.into_iter().next();
+            break;
+        }
+        for m in polled.msgs {
+            ss.receive(&mut stand_in, m).unwrap();
+        }
+        for m in ss.poll(&mut stand_in, EpochId::ZERO).msgs {
+            sa.receive(&mut a, m).unwrap();
+        }
+    }
+    let Some(DataMsg::Sync { part, .. }) = whole else {
+        panic!("no whole-document message");
+    };
+    // Garbage appended inside the document's chunk.
+    let mut msg = automerge::sync::Message::decode(&part).unwrap();
+    let mut chunk = msg.changes.iter().next().unwrap().to_vec();
+    chunk.extend_from_slice(&[0xde, 0xad, 0xbe, 0xef]);
+    msg.changes = chunk.into();
+    let tampered = msg.encode();
+
+    // The untampered message is taken whole; the tampered one never is.
+    let mut b = KvDoc::new(&[2; 32]);
+    let loaded = b
+        .receive_sync_message(&mut automerge::sync::State::new(), &part)
+        .unwrap();
+    assert!(loaded.is_some());
+    let mut c = KvDoc::new(&[3; 32]);
+    let r = c.receive_sync_message(&mut automerge::sync::State::new(), &tampered);
+    assert!(
+        matches!(r, Ok(None) | Err(_)),
+        "tampered bytes taken as a snapshot"
+    );
+}
