@@ -48,7 +48,7 @@ pub fn parse_ticket(data: &[u8]) {
 fn templates() -> &'static (Vec<u8>, Vec<u8>) {
     static T: OnceLock<(Vec<u8>, Vec<u8>)> = OnceLock::new();
     T.get_or_init(|| {
-        let Ok(mut d) = KvDoc::load(None, &[], &[7; 32]) else {
+        let Ok(mut d) = KvDoc::load(None, &[], &[7; 32], &EpochId::ZERO) else {
             return (Vec::new(), Vec::new());
         };
         let mut change = Vec::new();
@@ -89,7 +89,7 @@ pub fn sync_input(data: &[u8]) {
     let Some((&mode, rest)) = data.split_first() else {
         return;
     };
-    let Ok(mut doc) = KvDoc::load(None, &[], &[9; 32]) else {
+    let Ok(mut doc) = KvDoc::load(None, &[], &[9; 32], &EpochId::ZERO) else {
         return;
     };
     let _ = doc.put("existing", &value_hash(b"v"), 1);
@@ -169,12 +169,15 @@ fn db_template() -> &'static Vec<u8> {
         let bytes = (|| -> Option<Vec<u8>> {
             let mut store = Store::open(&dir, Durability::Process).ok()?;
             store.secret_key().ok()?;
-            let mut doc = KvDoc::load(None, &[], &[3; 32]).ok()?;
+            let mut doc = KvDoc::load(None, &[], &[3; 32], &EpochId::ZERO).ok()?;
             doc.put("a", &value_hash(b"1"), 1).ok()?;
-            let change = doc.commit()?;
+            doc.commit()?;
             let tx = store.tx().ok()?;
             tx.insert_blob(&value_hash(b"1"), b"1").ok()?;
-            tx.insert_change(change.raw_bytes()).ok()?;
+            // The change and epoch zero's genesis under it.
+            for c in doc.changes_since(&[]) {
+                tx.insert_change(c.raw_bytes()).ok()?;
+            }
             tx.set_peer_sync(&[4; 32], &State::new().encode()).ok()?;
             tx.commit().ok()?;
             drop(store);
@@ -215,8 +218,9 @@ pub fn open_store(data: &[u8]) {
             let _ = store.peer_sync_states();
             let _ = store.peer_addrs();
             if let Ok(stored) = store.load_doc() {
-                if let Ok(doc) = KvDoc::load(stored.snapshot.as_deref(), &stored.changes, &[1; 32])
-                {
+                let epoch = store.epoch().unwrap_or(EpochId::ZERO);
+                let (snapshot, changes) = (stored.snapshot.as_deref(), &stored.changes);
+                if let Ok(doc) = KvDoc::load(snapshot, changes, &[1; 32], &epoch) {
                     for (_, e) in doc.entries() {
                         let _ = store.blob(&e.hash);
                     }

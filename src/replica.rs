@@ -409,10 +409,10 @@ impl Replica {
         let stored = store.load_doc()?;
         let snapshot_len = stored.snapshot.as_ref().map_or(0, |s| s.len());
         let change_bytes = stored.changes.iter().map(|c| c.len()).sum();
-        let doc = KvDoc::load(stored.snapshot.as_deref(), &stored.changes, &me)
+        let epoch = store.epoch()?;
+        let doc = KvDoc::load(stored.snapshot.as_deref(), &stored.changes, &me, &epoch)
             .map_err(|e| store.corrupt(e))?;
         let term = store.meta_i64("term")?.unwrap_or(0).max(0) as u64;
-        let epoch = store.epoch()?;
         let peer_addrs = store.peer_addrs()?;
         let saved_sync = store.peer_sync_states()?.into_iter().collect();
 
@@ -616,6 +616,23 @@ impl Replica {
             }
         }
 
+        if self.doc.is_broken() {
+            // Automerge panicked on a peer's input (that peer is reported as misbehaving): the
+            // in-memory document may be half-changed, so the whole batch is dropped and the
+            // document reloaded from the store.
+            let e = Error::Storage(
+                "a peer sent a change that automerge could not apply; the write was not made, \
+                 retry it"
+                    .into(),
+            );
+            warn!("{e}");
+            for (peer, reason) in std::mem::take(&mut fx.bad) {
+                self.peers.remove(&peer);
+                self.coord.peer_down(&peer);
+                let _ = self.misbehaved.send((peer, reason));
+            }
+            return self.fail_batch(fx, &e);
+        }
         let local_change = self.doc.commit();
         // A whole document loaded into the empty replica is stored as the snapshot it is; only
         // changes after it (if any came in the same batch) are extracted.
@@ -648,7 +665,7 @@ impl Replica {
             fx.rescan = Some(self.me);
         } else {
             for c in &remote {
-                let s = doc::summarize(c);
+                let s = self.doc.summarize(c);
                 self.hlc.observe(s.max_hlc);
                 let origin = s.origin.unwrap_or(self.me);
                 fx.remote_keys
@@ -761,21 +778,7 @@ impl Replica {
             }
             Err(e) => {
                 warn!("commit failed: {e}");
-                self.recover_from_failed_commit(&e);
-                for a in fx.acks {
-                    let _ = a.send(Err(clone_err(&e)));
-                }
-                for (_, a) in fx.terms {
-                    let _ = a.send(Err(clone_err(&e)));
-                }
-                for a in fx.compact {
-                    let _ = a.send(Err(clone_err(&e)));
-                }
-                if let Some(s) = fx.shutdown {
-                    let _ = s.send(());
-                    return true;
-                }
-                return false;
+                return self.fail_batch(fx, &e);
             }
         }
 
@@ -786,9 +789,6 @@ impl Replica {
             let _ = a.send(Ok(()));
         }
         for (_, a) in fx.terms.drain(..) {
-            let _ = a.send(Ok(()));
-        }
-        for a in fx.compact.drain(..) {
             let _ = a.send(Ok(()));
         }
 
@@ -854,6 +854,10 @@ impl Replica {
             self.work_at_tick = self.work;
         }
         self.run_actions();
+        // After the actions: on the leader, `compact()` returns with the new epoch in place.
+        for a in fx.compact.drain(..) {
+            let _ = a.send(Ok(()));
+        }
         if let Some(s) = fx.shutdown {
             let _ = s.send(());
             return true;
@@ -1050,7 +1054,7 @@ impl Replica {
                     self.staging = Some(Staging {
                         epoch,
                         from,
-                        doc: KvDoc::empty(&self.me),
+                        doc: KvDoc::empty(&self.me, &epoch),
                         sync: PeerSync::new(None),
                     });
                     self.poll_staging();
@@ -1064,7 +1068,7 @@ impl Replica {
     fn cut(&mut self, epoch: EpochId) {
         let entries =
             history::genesis_entries(self.doc.all_entries(), self.coord.policy(), Hlc::wall_ms());
-        match KvDoc::genesis(&epoch.genesis_actor(), &entries, &self.me) {
+        match KvDoc::genesis(&epoch, &entries, &self.me) {
             Ok(new) => self.switch(new, epoch, 0),
             Err(e) => warn!("cannot build the genesis of {epoch:?}: {e}"),
         }
@@ -1463,6 +1467,26 @@ impl Replica {
         debug!(work = self.work, "released idle memory");
     }
 
+    /// Ends a batch whose changes could not be made durable: reloads the document from the
+    /// store and answers every caller with the error. Returns true when the replica must stop.
+    fn fail_batch(&mut self, fx: Effects, e: &Error) -> bool {
+        self.recover_from_failed_commit(e);
+        for a in fx.acks {
+            let _ = a.send(Err(clone_err(e)));
+        }
+        for (_, a) in fx.terms {
+            let _ = a.send(Err(clone_err(e)));
+        }
+        for a in fx.compact {
+            let _ = a.send(Err(clone_err(e)));
+        }
+        if let Some(s) = fx.shutdown {
+            let _ = s.send(());
+            return true;
+        }
+        false
+    }
+
     /// After a failed commit the in-memory document may hold changes that are not on disk:
     /// reload it from the database, which is the truth.
     fn recover_from_failed_commit(&mut self, e: &Error) {
@@ -1470,7 +1494,12 @@ impl Replica {
         self.doc_gen += 1;
         match self.store.load_doc() {
             Ok(stored) => {
-                match KvDoc::load(stored.snapshot.as_deref(), &stored.changes, &self.me) {
+                match KvDoc::load(
+                    stored.snapshot.as_deref(),
+                    &stored.changes,
+                    &self.me,
+                    &self.coord.epoch(),
+                ) {
                     Ok(doc) => {
                         self.doc = doc;
                         self.peers.values_mut().for_each(|l| {

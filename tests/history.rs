@@ -136,7 +136,8 @@ async fn a_replica_offline_through_several_epochs_keeps_its_writes_and_catches_u
     b.put("shared", b"b was offline").await.unwrap();
     let b_epoch = b.epoch();
     b.shutdown().await.unwrap();
-    // A compacts several times meanwhile.
+    // A compacts several times meanwhile (as the leader: wait for it to lead alone).
+    wait_until("A leads", || async { a.is_leader().await }).await;
     let start = a.epoch();
     for round in 0..3 {
         for i in 0..400u32 {

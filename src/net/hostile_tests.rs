@@ -125,10 +125,24 @@ async fn authenticated_peer_sending_garbage_is_disconnected_and_node_keeps_servi
             }));
             (false, b)
         }),
+        // A well-formed change that automerge 0.12 panics on: the node must drop the batch,
+        // reload its document and keep every acknowledged write (checked below).
+        ("push of a change automerge panics on", || {
+            let mut b = in_epoch();
+            b.extend(encode_frame(&DataMsg::Push {
+                epoch: EpochId::ZERO,
+                changes: vec![crate::doc::a_change_automerge_panics_on()
+                    .raw_bytes()
+                    .to_vec()],
+                values: vec![],
+            }));
+            (false, b)
+        }),
         ("undecodable control frame", || {
             (true, vec![0, 0, 0, 2, 0xEE, 0x01])
         }),
     ];
+    let n = attacks.len();
     for (i, (name, attack)) in attacks.into_iter().enumerate() {
         let (conn, _) = raw.dial(&a).await;
         let (mut cs, _cr, mut ds, _dr) = handshake(&raw.shared, &conn, true, &a_id)
@@ -140,6 +154,14 @@ async fn authenticated_peer_sending_garbage_is_disconnected_and_node_keeps_servi
         let code = closed_by_node(&conn).await;
         assert_eq!(code, close::PROTOCOL.into_inner(), "{name}");
         still_serves(&a, i).await;
+    }
+    for i in 0..n {
+        let key = format!("alive-{i}");
+        assert_eq!(
+            a.get(&key).await.unwrap(),
+            Some(b"yes".to_vec()),
+            "{key} was lost"
+        );
     }
     // A well-behaved node still joins and replicates.
     let dir_b = tempfile::tempdir().unwrap();
@@ -350,6 +372,12 @@ async fn unasked_values_behind_a_whole_document_are_kept_only_if_referenced() {
     }
     // What the node stored is a document it can reopen on its own.
     let stored = store.load_doc().unwrap();
-    let reloaded = KvDoc::load(stored.snapshot.as_deref(), &stored.changes, &[1; 32]).unwrap();
+    let reloaded = KvDoc::load(
+        stored.snapshot.as_deref(),
+        &stored.changes,
+        &[1; 32],
+        &crate::history::EpochId::ZERO,
+    )
+    .unwrap();
     assert_eq!(reloaded.entries(), doc.entries());
 }

@@ -13,8 +13,9 @@ use crate::election;
 /// ALPN of the Murmur protocol.
 pub const ALPN: &[u8] = b"murmur/1";
 
-/// Protocol version carried in the handshake.
-pub(crate) const PROTOCOL_VERSION: u32 = 1;
+/// Protocol version carried in the handshake. 2: the document spreads keys over bucket maps
+/// (see `crate::doc`), which version 1 peers cannot read.
+pub(crate) const PROTOCOL_VERSION: u32 = 2;
 
 /// Largest frame on the control stream (handshake, peer lists, election).
 pub(crate) const MAX_CONTROL_FRAME: usize = 1 << 20;

@@ -37,7 +37,8 @@ pub enum Durability {
 }
 
 /// 2: entries carry a clock stamp, deletions are tombstones, documents have epochs.
-const SCHEMA_VERSION: i64 = 2;
+/// 3: the document spreads keys over bucket maps (`crate::doc`).
+const SCHEMA_VERSION: i64 = 3;
 const DB_FILE: &str = "murmur.sqlite3";
 const LOCK_FILE: &str = "murmur.lock";
 

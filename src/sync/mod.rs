@@ -191,9 +191,9 @@ impl PeerSync {
                     .map(Change::from_bytes)
                     .collect::<Result<Vec<_>, _>>()
                     .map_err(|e| SyncError::BadChange(e.to_string()))?;
-                let referenced = parsed.iter().flat_map(crate::doc::put_hashes).collect();
-                doc.apply_changes(parsed)
-                    .map_err(|e| SyncError::BadChange(e.to_string()))?;
+                doc.apply_changes(parsed.clone())
+                    .map_err(SyncError::BadChange)?;
+                let referenced = parsed.iter().flat_map(|c| doc.put_hashes(c)).collect();
                 Ok(Received::Pushed { values, referenced })
             }
             DataMsg::Sync { part, last, .. } => {

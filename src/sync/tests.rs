@@ -356,7 +356,8 @@ fn an_empty_replica_gets_the_whole_document_and_its_bytes_are_a_snapshot() {
     assert_eq!(b.entries(), a.entries());
     assert_eq!(heads, a.heads());
     // The bytes are the document as it stands: loading them alone gives the same replica.
-    let mut reloaded = KvDoc::load(Some(&bytes), &[], &[2; 32]).unwrap();
+    let mut reloaded =
+        KvDoc::load(Some(&bytes), &[], &[2; 32], &crate::history::EpochId::ZERO).unwrap();
     assert_eq!(reloaded.entries(), a.entries());
     assert_eq!(reloaded.heads(), a.heads());
 }
