@@ -782,26 +782,29 @@ impl Replica {
             }
         }
 
-        // Durable: make it visible (so a writer reads its own write as soon as it returns),
-        // acknowledge, then tell others.
+        // Durable: tell others first (replication latency runs from here: BENCHMARKS.md, W2),
+        // then make it visible (so a writer reads its own write as soon as it returns) and
+        // acknowledge.
+        if let Some(change) = &local_change {
+            let mut peers = self.in_step_peers();
+            if let Some(last) = peers.pop() {
+                let msg = DataMsg::Push {
+                    epoch: self.coord.epoch(),
+                    changes: vec![change.raw_bytes().to_vec()],
+                    values: local_values.iter().map(|(_, v)| v.clone()).collect(),
+                };
+                for p in peers {
+                    self.send(p, msg.clone(), true);
+                }
+                self.send(last, msg, true);
+            }
+        }
         self.refresh_view(&mut fx, &local_values, &incoming_values);
         for a in fx.acks.drain(..) {
             let _ = a.send(Ok(()));
         }
         for (_, a) in fx.terms.drain(..) {
             let _ = a.send(Ok(()));
-        }
-
-        if let Some(change) = local_change {
-            let msg = DataMsg::Push {
-                epoch: self.coord.epoch(),
-                changes: vec![change.raw_bytes().to_vec()],
-                values: local_values.into_iter().map(|(_, v)| v).collect(),
-            };
-            let peers = self.in_step_peers();
-            for p in peers {
-                self.send(p, msg.clone(), true);
-            }
         }
         for (peer, msg) in std::mem::take(&mut fx.replies) {
             self.send(peer, msg, false);
