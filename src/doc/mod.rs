@@ -460,6 +460,13 @@ impl KvDoc {
     /// (automerge sends `save()` bytes then): the caller sends the values along without waiting
     /// to be asked (see [`crate::sync`]).
     pub fn generate_sync_message(&mut self, state: &mut sync::State) -> Option<(Vec<u8>, bool)> {
+        // Automerge returns nothing while its last message is unanswered and our heads have not
+        // moved, but for a peer with an empty document it builds the whole document (`save()`,
+        // 100+ ms at 100k keys) before finding that out: every poll during a snapshot transfer
+        // paid for it (BENCHMARKS.md, W4). The same test, done first.
+        if state.in_flight && state.have_responded && state.last_sent_heads == self.heads() {
+            return None;
+        }
         let msg = self.doc.sync().generate_sync_message(state)?;
         let peer_empty = state.their_heads.as_ref().is_some_and(|h| h.is_empty());
         let whole = peer_empty && single_document_chunk(&msg).is_some();

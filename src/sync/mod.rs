@@ -139,7 +139,15 @@ pub(crate) struct PeerSync {
     partial: Vec<u8>,
     /// Largest part sent (SYNC_PART; smaller in tests).
     part_size: usize,
+    /// The whole document was sent to this peer (see [`PeerSync::poll`]).
+    whole_sent: bool,
+    /// Polls that held back a second whole document since.
+    whole_waits: u32,
 }
+
+/// How many polls (about one a second when idle) a whole document that was sent waits for the
+/// peer's answer before it may be sent again.
+const WHOLE_RESEND_AFTER_POLLS: u32 = 8;
 
 impl PeerSync {
     /// Starts from a persisted state (see [`PeerSync::persisted`]), or fresh.
@@ -151,6 +159,8 @@ impl PeerSync {
             state,
             partial: Vec::new(),
             part_size: SYNC_PART,
+            whole_sent: false,
+            whole_waits: 0,
         }
     }
 
@@ -171,12 +181,29 @@ impl PeerSync {
     /// The messages of the next sync round, if the protocol has anything to say (called on
     /// connect, after applying a received message, after a gap and on anti-entropy ticks).
     pub fn poll(&mut self, doc: &mut KvDoc, epoch: EpochId) -> Polled {
+        // After the whole document went out, a message from the peer that still shows it empty
+        // was sent before the document arrived (they crossed): automerge would send the whole
+        // document again. Wait for the peer's answer to it instead, a few polls at most (in
+        // case the document was lost with a message the peer dropped).
+        let peer_empty = self
+            .state
+            .their_heads
+            .as_ref()
+            .is_some_and(|h| h.is_empty());
+        if self.whole_sent && peer_empty && self.whole_waits < WHOLE_RESEND_AFTER_POLLS {
+            self.whole_waits += 1;
+            return Polled::default();
+        }
         match doc.generate_sync_message(&mut self.state) {
             None => Polled::default(),
-            Some((bytes, whole)) => Polled {
-                msgs: split_sync(bytes, self.part_size, epoch),
-                whole,
-            },
+            Some((bytes, whole)) => {
+                self.whole_sent |= whole;
+                self.whole_waits = 0;
+                Polled {
+                    msgs: split_sync(bytes, self.part_size, epoch),
+                    whole,
+                }
+            }
         }
     }
 

@@ -363,6 +363,68 @@ fn an_empty_replica_gets_the_whole_document_and_its_bytes_are_a_snapshot() {
 }
 
 #[test]
+fn a_whole_document_crossed_by_the_empty_peers_message_is_not_sent_twice() {
+    let mut a = doc_with_keys(300, 10);
+    let mut b = KvDoc::new(&[2; 32]);
+    let (mut sa, mut sb) = (PeerSync::new(None), PeerSync::new(None));
+    let deliver = |msgs: Vec<DataMsg>, to: &mut PeerSync, doc: &mut KvDoc| {
+        for m in msgs {
+            to.receive(doc, m).unwrap();
+        }
+    };
+    // Both open; A answers B's opening with the whole document, while B answers A's opening
+    // with a message that still shows it empty.
+    let a1 = sa.poll(&mut a, EpochId::ZERO);
+    let b1 = sb.poll(&mut b, EpochId::ZERO);
+    assert!(!a1.whole);
+    deliver(b1.msgs, &mut sa, &mut a);
+    let w = sa.poll(&mut a, EpochId::ZERO);
+    assert!(w.whole);
+    deliver(a1.msgs, &mut sb, &mut b);
+    let b2 = sb.poll(&mut b, EpochId::ZERO);
+    deliver(b2.msgs, &mut sa, &mut a);
+    let mut wholes = 1;
+    let again = sa.poll(&mut a, EpochId::ZERO);
+    wholes += usize::from(again.whole);
+    assert!(
+        again.msgs.is_empty(),
+        "nothing to say until B answers the document"
+    );
+    // B gets the document and answers; the rounds then run out with no second copy.
+    deliver(w.msgs, &mut sb, &mut b);
+    for _ in 0..6 {
+        let m = sb.poll(&mut b, EpochId::ZERO);
+        deliver(m.msgs, &mut sa, &mut a);
+        let m = sa.poll(&mut a, EpochId::ZERO);
+        wholes += usize::from(m.whole);
+        deliver(m.msgs, &mut sb, &mut b);
+    }
+    assert_eq!(wholes, 1);
+    assert_eq!(b.entries(), a.entries());
+}
+
+#[test]
+fn a_whole_document_is_sent_again_if_the_peer_never_answers_it() {
+    let mut a = doc_with_keys(100, 10);
+    let mut b = KvDoc::new(&[2; 32]);
+    let (mut sa, mut sb) = (PeerSync::new(None), PeerSync::new(None));
+    let b1 = sb.poll(&mut b, EpochId::ZERO).msgs;
+    for m in b1.iter().cloned() {
+        sa.receive(&mut a, m).unwrap();
+    }
+    assert!(sa.poll(&mut a, EpochId::ZERO).whole);
+    // The document is lost; B's opening is repeated (a reconnect would reset both sides).
+    let mut resent = false;
+    for _ in 0..=super::WHOLE_RESEND_AFTER_POLLS {
+        for m in b1.iter().cloned() {
+            sa.receive(&mut a, m).unwrap();
+        }
+        resent |= sa.poll(&mut a, EpochId::ZERO).whole;
+    }
+    assert!(resent, "held back for a bounded number of polls only");
+}
+
+#[test]
 fn a_replica_with_history_is_synced_by_changes_not_by_a_whole_document() {
     let mut a = doc_with_keys(50, 1);
     let mut b = KvDoc::new(&[2; 32]);
