@@ -1050,22 +1050,6 @@ async fn w4_w5(sz: &Sizes, rows: &mut Vec<Row>, notes: &mut Vec<String>) -> Resu
     let transfer = pair.transfer(a_bytes).await?;
     pair.close().await;
     let base = transfer + load;
-    rows.push(row(
-        "W4",
-        format!("fresh node joins, has all {n} keys"),
-        ms(catch_up),
-        "ms",
-        "raw iroh send of A's files + automerge load",
-        ms(base),
-        Target::AtMost(3.0),
-    ));
-    notes.push(format!(
-        "W4 baseline: connect + send {a_bytes} bytes (A's data dir while running) over one raw \
-         iroh stream = {:.1} ms, plus AutoCommit::load of a {n}-key doc of 100 B values \
-         ({doc_len} bytes) = {:.1} ms",
-        ms(transfer),
-        ms(load)
-    ));
 
     // W5: reopen A.
     let mut times = Vec::new();
@@ -1111,6 +1095,36 @@ async fn w4_w5(sz: &Sizes, rows: &mut Vec<Row>, notes: &mut Vec<String>) -> Resu
     };
     let own_len = own.len();
     let own_load = tokio::task::spawn_blocking(move || raw_load(&own)).await??;
+    // W4's target: sending A's files and loading the automerge document in them (Murmur's own
+    // document: the one the new node loads). Beside it, the earlier baseline (a document with
+    // the values inline, one writer: another document).
+    rows.push(row(
+        "W4",
+        format!("fresh node joins, has all {n} keys"),
+        ms(catch_up),
+        "ms",
+        "raw iroh send of A's files + raw load of Murmur's stored document",
+        ms(transfer + own_load),
+        Target::AtMost(3.0),
+    ));
+    rows.push(row(
+        "W4",
+        "  same join (informational)",
+        ms(catch_up),
+        "ms",
+        "raw iroh send of A's files + raw load of a values-inline document",
+        ms(base),
+        Target::None,
+    ));
+    notes.push(format!(
+        "W4 baseline: connect + send {a_bytes} bytes (A's data dir while running) over one raw \
+         iroh stream = {:.1} ms, plus AutoCommit::load of Murmur's stored document \
+         ({own_len} bytes) = {:.1} ms; the informational row loads a {n}-key doc of 100 B \
+         values inline ({doc_len} bytes) instead = {:.1} ms",
+        ms(transfer),
+        ms(own_load),
+        ms(load)
+    ));
     rows.push(row(
         "W5",
         format!("same reopen ({n} keys)"),
@@ -1164,8 +1178,8 @@ async fn w4_w5(sz: &Sizes, rows: &mut Vec<Row>, notes: &mut Vec<String>) -> Resu
         "  same, after compact() on the serving node: epoch fetch path (informational)",
         ms(compacted_join),
         "ms",
-        "raw iroh send of A's files + automerge load",
-        ms(base),
+        "raw iroh send of A's files + raw load of Murmur's stored document",
+        ms(transfer + own_load),
         Target::None,
     ));
     rows.push(row(
