@@ -410,15 +410,26 @@ impl Replica {
         let snapshot_len = stored.snapshot.as_ref().map_or(0, |s| s.len());
         let change_bytes = stored.changes.iter().map(|c| c.len()).sum();
         let epoch = store.epoch()?;
-        let doc = KvDoc::load(stored.snapshot.as_deref(), &stored.changes, &me, &epoch)
-            .map_err(|e| store.corrupt(e))?;
+        // One scan of the stored hashes (a lookup per key costs a parse and a lock each, which
+        // dominated reopen time at 100k keys: BENCHMARKS.md, W5), on the view's read connection
+        // and another thread, while this one loads the document.
+        let reader = store.reader()?;
+        let (doc, scanned) = std::thread::scope(|s| {
+            let scan = s.spawn(move || {
+                let hashes = reader.blob_hashes();
+                (reader, hashes)
+            });
+            let doc = KvDoc::load(stored.snapshot.as_deref(), &stored.changes, &me, &epoch);
+            (doc, scan.join())
+        });
+        let doc = doc.map_err(|e| store.corrupt(e))?;
+        let (reader, stored_hashes) =
+            scanned.map_err(|_| Error::Storage("the scan of stored values panicked".into()))?;
+        let stored_hashes = stored_hashes?;
         let term = store.meta_i64("term")?.unwrap_or(0).max(0) as u64;
         let peer_addrs = store.peer_addrs()?;
         let saved_sync = store.peer_sync_states()?.into_iter().collect();
 
-        // One scan of the stored hashes: a lookup per key costs a parse and a lock each, which
-        // dominated reopen time at 100k keys (BENCHMARKS.md, W5).
-        let stored_hashes = store.blob_hashes()?;
         let all = doc.all_entries();
         let mut present = Vec::with_capacity(all.len());
         let mut pending: HashMap<ValueHash, Pending> = HashMap::new();
@@ -438,7 +449,7 @@ impl Replica {
         let map: BTreeMap<String, ValueHash> = present.into_iter().collect();
         let view = Arc::new(ReadView {
             map: RwLock::new(map),
-            reader: Mutex::new(store.reader()?),
+            reader: Mutex::new(reader),
             epoch: Mutex::new(epoch),
         });
         let replica = Replica {

@@ -361,7 +361,8 @@ impl KvDoc {
                 e.map(|e| (item.key.into_owned(), e))
             }));
         }
-        out.sort_unstable_by(|a, b| a.0.cmp(&b.0));
+        // A stable sort finds the buckets' sorted runs and merges them.
+        out.sort_by(|a, b| a.0.cmp(&b.0));
         out
     }
 

@@ -218,16 +218,7 @@ impl Store {
 
     /// Hashes of all stored values (read once at open, to find values still to fetch).
     pub fn blob_hashes(&self) -> Result<std::collections::HashSet<[u8; 16]>> {
-        let mut stmt = self.conn.prepare("SELECT hash FROM blobs")?;
-        let rows = stmt.query_map([], |r| r.get::<_, Vec<u8>>(0))?;
-        let mut out = std::collections::HashSet::new();
-        for h in rows {
-            // A malformed hash cannot match any key: skipping it only costs a refetch.
-            if let Ok(h) = <[u8; 16]>::try_from(h?.as_slice()) {
-                out.insert(h);
-            }
-        }
-        Ok(out)
+        scan_hashes(&self.conn)
     }
 
     /// Reads one blob.
@@ -460,7 +451,26 @@ pub(crate) struct Reader {
     conn: Connection,
 }
 
+/// Every stored value hash, in one scan.
+fn scan_hashes(conn: &Connection) -> Result<std::collections::HashSet<[u8; 16]>> {
+    let mut stmt = conn.prepare("SELECT hash FROM blobs")?;
+    let rows = stmt.query_map([], |r| r.get::<_, Vec<u8>>(0))?;
+    let mut out = std::collections::HashSet::new();
+    for h in rows {
+        // A malformed hash cannot match any key: skipping it only costs a refetch.
+        if let Ok(h) = <[u8; 16]>::try_from(h?.as_slice()) {
+            out.insert(h);
+        }
+    }
+    Ok(out)
+}
+
 impl Reader {
+    /// Every stored value hash (see [`Store::blob_hashes`]), read on this connection.
+    pub fn blob_hashes(&self) -> Result<std::collections::HashSet<[u8; 16]>> {
+        scan_hashes(&self.conn)
+    }
+
     /// Frees this connection's page cache (see [`Store::release_memory`]).
     pub fn release_memory(&self) {
         let _ = self.conn.execute_batch("PRAGMA shrink_memory");
