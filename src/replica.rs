@@ -330,9 +330,16 @@ struct Pending {
     /// view when the value arrives, without looking the key up again.
     since: u64,
     /// The keys, each with the entry that waits for this value (a key looked at again while
-    /// the value is still missing, as every rescan does, replaces its record).
-    keys: HashMap<String, Entry>,
+    /// the value is still missing, as every rescan does, replaces its record). Almost always
+    /// one key: a vector, since a map per value cost 100k allocations in a 100k-key join.
+    keys: Vec<(String, Entry)>,
+    /// Position of each key in `keys`, once there are more than a few (many keys can share a
+    /// value); empty (unallocated) until then.
+    index: HashMap<String, usize>,
 }
+
+/// Keys of one pending value found by a linear search below this many.
+const PENDING_INDEX_FROM: usize = 8;
 
 impl Pending {
     /// Records that `key` waits for this value, as of generation `gen`.
@@ -345,10 +352,32 @@ impl Pending {
     ) {
         let p = pending.entry(hash).or_insert(Pending {
             since: gen,
-            keys: HashMap::new(),
+            keys: Vec::new(),
+            index: HashMap::new(),
         });
         p.since = p.since.min(gen);
-        p.keys.insert(key, entry);
+        if p.index.is_empty() && p.keys.len() >= PENDING_INDEX_FROM {
+            p.index = p
+                .keys
+                .iter()
+                .enumerate()
+                .map(|(i, (k, _))| (k.clone(), i))
+                .collect();
+        }
+        let at = if p.index.is_empty() {
+            p.keys.iter().position(|(k, _)| *k == key)
+        } else {
+            p.index.get(&key).copied()
+        };
+        match at {
+            Some(i) => p.keys[i].1 = entry,
+            None => {
+                if !p.index.is_empty() {
+                    p.index.insert(key.clone(), p.keys.len());
+                }
+                p.keys.push((key, entry));
+            }
+        }
     }
 }
 
@@ -1196,7 +1225,7 @@ impl Replica {
                 if p.since == self.doc_gen {
                     ready.extend(p.keys);
                 } else {
-                    recheck.extend(p.keys.into_keys().map(|k| (k, me)));
+                    recheck.extend(p.keys.into_iter().map(|(k, _)| (k, me)));
                 }
             }
         }
@@ -1560,6 +1589,37 @@ mod tests {
 
     async fn node(dir: &std::path::Path, peers: &[String]) -> Swarm {
         test_node(dir, "replica-tests", peers).await
+    }
+
+    #[test]
+    fn a_key_waits_once_per_value_however_often_it_is_recorded() {
+        use super::{Entry, Pending, PENDING_INDEX_FROM};
+        use std::collections::HashMap;
+        let entry = |hlc| Entry {
+            hash: [7; 16],
+            hlc,
+            origin: [1; 32],
+        };
+        let mut pending = HashMap::new();
+        // Few keys (a linear search), then many sharing the value (an index): every rescan
+        // records each key again, with its newest entry.
+        let n = PENDING_INDEX_FROM * 3;
+        for round in 0..3u64 {
+            for i in 0..n {
+                Pending::add(&mut pending, [7; 16], format!("k{i}"), entry(round), round);
+            }
+        }
+        let p = &pending[&[7; 16]];
+        assert_eq!(p.keys.len(), n);
+        assert!(
+            p.keys.iter().all(|(_, e)| e.hlc == 2),
+            "the newest record wins"
+        );
+        assert_eq!(p.since, 0, "the oldest generation is kept");
+        let mut keys: Vec<_> = p.keys.iter().map(|(k, _)| k.clone()).collect();
+        keys.sort();
+        keys.dedup();
+        assert_eq!(keys.len(), n);
     }
 
     /// A snapshot transfer pushes at most `MAX_PUSHED_VALUES` (64 KiB in unit tests) unasked;
