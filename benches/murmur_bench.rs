@@ -956,6 +956,71 @@ async fn w2(sz: &Sizes, rows: &mut Vec<Row>, notes: &mut Vec<String>) -> Result<
 }
 
 // ---------------------------------------------------------------------------------------------
+// Why the document spreads keys over maps (informational; see BENCHMARKS.md, session 5)
+
+/// Applying one peer's put with plain automerge: into a document whose `n` keys sit in the root
+/// map, and into one with the same keys spread over 1,024 maps (Murmur's layout, `src/doc`).
+/// Returns the p50 of each, in ms.
+fn remote_apply(n: usize) -> Result<(f64, f64)> {
+    fn fnv(k: &str) -> usize {
+        let mut h: u64 = 0xcbf2_9ce4_8422_2325;
+        for b in k.bytes() {
+            h ^= u64::from(b);
+            h = h.wrapping_mul(0x0100_0000_01b3);
+        }
+        (h % 1024) as usize
+    }
+    let entry = || ScalarValue::Bytes(vec![7u8; 24]);
+    let mut p50 = Vec::new();
+    for buckets in [false, true] {
+        let mut a = AutoCommit::new();
+        let maps = if buckets {
+            (0..1024)
+                .map(|i| a.put_object(ROOT, format!("{i:03x}"), automerge::ObjType::Map))
+                .collect::<Result<Vec<_>, _>>()?
+        } else {
+            Vec::new()
+        };
+        let obj = |k: &str| if buckets { maps[fnv(k)].clone() } else { ROOT };
+        for i in 0..n {
+            a.put(obj(&key(i)), key(i), entry())?;
+            if i % 1000 == 999 {
+                a.commit();
+            }
+        }
+        a.commit();
+        let mut b = a.fork();
+        let mut times = Vec::new();
+        for j in 0..50 {
+            let k = format!("new-{j:08}");
+            a.put(obj(&k), k, entry())?;
+            a.commit();
+            let change = a.get_last_local_change().context("no change")?;
+            let t0 = Instant::now();
+            b.apply_changes([change])?;
+            times.push(t0.elapsed());
+        }
+        p50.push(quantile(&mut times, 0.5));
+    }
+    Ok((p50[0], p50[1]))
+}
+
+async fn w2_apply(sz: &Sizes, rows: &mut Vec<Row>) -> Result<()> {
+    let n = sz.w4_keys;
+    let (flat, buckets) = tokio::task::spawn_blocking(move || remote_apply(n)).await??;
+    rows.push(row(
+        "W2",
+        format!("  automerge: one remote put applied, {n} keys in the root map (p50)"),
+        flat,
+        "ms",
+        "same keys in 1024 maps (Murmur's layout)",
+        buckets,
+        Target::None,
+    ));
+    Ok(())
+}
+
+// ---------------------------------------------------------------------------------------------
 // W3: replicated throughput
 
 async fn w3(sz: &Sizes, w1: Option<&W1>, rows: &mut Vec<Row>) -> Result<()> {
@@ -1820,6 +1885,7 @@ fn main() -> Result<()> {
         }
         stage!("W1", w1r = Some(w1(&sz, &mut rows, &mut notes).await?));
         stage!("W2", w2(&sz, &mut rows, &mut notes).await?);
+        stage!("W2", w2_apply(&sz, &mut rows).await?);
         stage!("W3", w3(&sz, w1r.as_ref(), &mut rows).await?);
         if want("W4") || want("W5") {
             let t = Instant::now();
