@@ -549,6 +549,9 @@ impl Replica {
 
         for cmd in batch {
             match cmd {
+                // A document broken earlier in this batch is not touched again: the batch
+                // fails as a whole (see below).
+                Command::Write { reply, .. } if self.doc.is_broken() => fx.acks.push(reply),
                 Command::Write { ops, reply } => {
                     for op in ops {
                         let r = match op {
@@ -632,7 +635,8 @@ impl Replica {
                 Command::FromPeer {
                     peer, conn_id, msg, ..
                 } => {
-                    if self.peers.get(&peer).is_some_and(|l| l.conn_id == conn_id) {
+                    let current = self.peers.get(&peer).is_some_and(|l| l.conn_id == conn_id);
+                    if current && !self.doc.is_broken() {
                         self.handle_peer_msg(peer, msg, &mut fx, &mut incoming_values);
                     }
                 }
