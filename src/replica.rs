@@ -670,11 +670,7 @@ impl Replica {
                     .into(),
             );
             warn!("{e}");
-            for (peer, reason) in std::mem::take(&mut fx.bad) {
-                self.peers.remove(&peer);
-                self.coord.peer_down(&peer);
-                let _ = self.misbehaved.send((peer, reason));
-            }
+            self.drop_misbehaving(std::mem::take(&mut fx.bad));
             return self.fail_batch(fx, &e);
         }
         let local_change = self.doc.commit();
@@ -872,11 +868,7 @@ impl Replica {
         for peer in std::mem::take(&mut fx.ask) {
             self.ask_pending(peer);
         }
-        for (peer, reason) in std::mem::take(&mut fx.bad) {
-            self.peers.remove(&peer);
-            self.coord.peer_down(&peer);
-            let _ = self.misbehaved.send((peer, reason));
-        }
+        self.drop_misbehaving(std::mem::take(&mut fx.bad));
 
         // The epoch protocol: adopt a fetched epoch, run the policy, ask for compactions.
         if fx.adopt {
@@ -1512,6 +1504,15 @@ impl Replica {
             libc::malloc_trim(0);
         }
         debug!(work = self.work, "released idle memory");
+    }
+
+    /// Disconnects peers that sent something malformed and reports them to the node task.
+    fn drop_misbehaving(&mut self, bad: Vec<(NodeBytes, String)>) {
+        for (peer, reason) in bad {
+            self.peers.remove(&peer);
+            self.coord.peer_down(&peer);
+            let _ = self.misbehaved.send((peer, reason));
+        }
     }
 
     /// Ends a batch whose changes could not be made durable: reloads the document from the
