@@ -11,7 +11,7 @@
 //! commit) and reads value bytes through its own read-only SQLite connection.
 
 use std::{
-    collections::{BTreeMap, HashMap, HashSet},
+    collections::{BTreeMap, HashMap, HashSet, VecDeque},
     path::PathBuf,
     sync::{Arc, Mutex, RwLock},
     time::{Duration, Instant},
@@ -26,7 +26,7 @@ use crate::{
     events::Event,
     history::{self, Action, Coordinator, EpochId, Policy, Usage},
     store::{Durability, Reader, Store},
-    sync::{DataMsg, Loaded, PeerSync, Received},
+    sync::{DataMsg, Loaded, LoadedWhole, PeerSync, Received, SyncError, WholeDoc},
 };
 
 /// Most commands folded into one transaction.
@@ -114,6 +114,13 @@ pub(crate) enum Command {
     Compact { reply: oneshot::Sender<Result<()>> },
     /// Persist per-peer state and stop.
     Shutdown { reply: oneshot::Sender<()> },
+    /// The whole document `peer` sent over connection `conn_id` was loaded on the loader
+    /// thread (see [`Loading`]). Sent by the replica to itself.
+    Loaded {
+        peer: NodeBytes,
+        conn_id: u64,
+        result: Box<std::result::Result<LoadedWhole, SyncError>>,
+    },
 }
 
 /// Read side shared with the `Swarm` handle.
@@ -202,10 +209,12 @@ pub(crate) struct ReplicaConfig {
 /// Opens the store in `cfg.dir` on a new thread and runs the replica there.
 pub(crate) fn spawn(cfg: ReplicaConfig) -> Result<Opened> {
     let (tx, rx) = mpsc::channel(8192);
+    // Weak: the replica's own sender must not keep it running once every handle is gone.
+    let own_tx = tx.downgrade();
     let (opened_tx, opened_rx) = std::sync::mpsc::channel();
     let thread = std::thread::Builder::new()
         .name("murmur-replica".into())
-        .spawn(move || match Replica::open(cfg) {
+        .spawn(move || match Replica::open(cfg, own_tx) {
             Err(e) => {
                 let _ = opened_tx.send(Err(e));
             }
@@ -248,6 +257,24 @@ struct PeerLink {
 
 type OpenInfo = (Arc<ReadView>, [u8; 32], u64, Vec<(NodeBytes, Vec<u8>)>);
 
+/// A whole document sent to this empty replica, being loaded on another thread.
+///
+/// Loading is the longest step of a join, and the values the sender pushes right behind the
+/// document take about as long to store: the replica thread stores them while the loader
+/// thread loads (BENCHMARKS.md, W4). Meanwhile every other command waits in
+/// [`Replica::deferred`], in arrival order: nothing may touch the still empty document, and
+/// peers' messages are handled against the loaded one.
+struct Loading {
+    /// Who sent the document, over which connection.
+    peer: NodeBytes,
+    conn_id: u64,
+    /// Values that arrived from `peer` during the load, stored before the document that
+    /// references them was known: those it turns out not to reference are deleted.
+    early: Vec<ValueHash>,
+    /// Their bytes (at most `MAX_PUSHED_VALUES`, what the sender pushes).
+    early_bytes: usize,
+}
+
 /// Another epoch's document being fetched from a peer (see [`crate::history`]).
 struct Staging {
     epoch: EpochId,
@@ -284,6 +311,12 @@ struct Replica {
     /// The epoch protocol.
     coord: Coordinator,
     staging: Option<Staging>,
+    /// A whole document being loaded on another thread.
+    loading: Option<Loading>,
+    /// Commands held back while `loading`, oldest first.
+    deferred: VecDeque<Command>,
+    /// The replica's own command queue, for the loader thread's [`Command::Loaded`].
+    own_tx: mpsc::WeakSender<Command>,
     /// This node's term if it leads, and the current leader.
     leading: Option<u64>,
     leader: Option<NodeBytes>,
@@ -414,6 +447,9 @@ struct Effects {
     loaded_whole: bool,
     /// Every key's winning entry, when the batch changed the document in bulk (`rescan`).
     winners: Option<Vec<(String, Entry)>>,
+    /// Values stored during a load that ended in this batch, until the loaded document
+    /// shows which of them it does not reference: those are deleted.
+    unreferenced: Vec<ValueHash>,
     shutdown: Option<oneshot::Sender<()>>,
     compact: Vec<oneshot::Sender<Result<()>>>,
     /// Sync states to persist.
@@ -428,7 +464,7 @@ struct Effects {
 }
 
 impl Replica {
-    fn open(cfg: ReplicaConfig) -> Result<(Replica, OpenInfo)> {
+    fn open(cfg: ReplicaConfig, own_tx: mpsc::WeakSender<Command>) -> Result<(Replica, OpenInfo)> {
         let mut store = Store::open(&cfg.dir, cfg.durability)?;
         let secret_key = store.secret_key()?;
         let me: NodeBytes = iroh::SecretKey::from_bytes(&secret_key)
@@ -499,6 +535,9 @@ impl Replica {
             hlc,
             coord: Coordinator::new(me, epoch, cfg.policy),
             staging: None,
+            loading: None,
+            deferred: VecDeque::new(),
+            own_tx,
             leading: None,
             leader: None,
             started: Instant::now(),
@@ -510,11 +549,23 @@ impl Replica {
     }
 
     fn run(mut self, mut rx: mpsc::Receiver<Command>) {
-        while let Some(first) = rx.blocking_recv() {
+        loop {
+            // Commands held back during a load go first, once it is over.
+            let first = match self.next_deferred() {
+                Some(cmd) => cmd,
+                None => match rx.blocking_recv() {
+                    Some(cmd) => cmd,
+                    None => break,
+                },
+            };
             let mut batch = vec![first];
             let mut value_bytes = 0;
             while batch.len() < MAX_BATCH && value_bytes < MAX_BATCH_VALUE_BYTES {
-                match rx.try_recv() {
+                let next = match self.next_deferred() {
+                    Some(cmd) => Ok(cmd),
+                    None => rx.try_recv(),
+                };
+                match next {
                     Ok(cmd) => {
                         if let Command::Write { ops, .. } = &cmd {
                             value_bytes += ops
@@ -538,6 +589,98 @@ impl Replica {
         let _ = self.persist_all_sync();
     }
 
+    /// The oldest command held back by a load that is over.
+    fn next_deferred(&mut self) -> Option<Command> {
+        if self.loading.is_some() {
+            return None;
+        }
+        self.deferred.pop_front()
+    }
+
+    /// Whether `cmd` must wait for the load in progress (if any). Values from the peer whose
+    /// document loads do not (they are what the load overlaps with); neither does the load's
+    /// result.
+    fn must_wait(&self, cmd: &Command) -> bool {
+        let Some(loading) = &self.loading else {
+            return false;
+        };
+        match cmd {
+            Command::Loaded { .. } => false,
+            Command::FromPeer {
+                peer,
+                conn_id,
+                msg: DataMsg::Values { .. },
+                ..
+            } => *peer != loading.peer || *conn_id != loading.conn_id,
+            _ => true,
+        }
+    }
+
+    /// Starts loading a whole document on another thread (see [`Loading`]).
+    fn start_load(&mut self, peer: NodeBytes, conn_id: u64, whole: WholeDoc) {
+        let (me, epoch, done) = (self.me, self.coord.epoch(), self.own_tx.clone());
+        let spawned = std::thread::Builder::new()
+            .name("murmur-load".into())
+            .spawn(move || {
+                #[cfg(test)]
+                load_gate::pass(&me);
+                let result = Box::new(whole.load(&me, &epoch));
+                // No receiver: the replica is gone, and the document with it.
+                if let Some(tx) = done.upgrade() {
+                    let _ = tx.blocking_send(Command::Loaded {
+                        peer,
+                        conn_id,
+                        result,
+                    });
+                }
+            });
+        match spawned {
+            Ok(_) => {
+                debug!(peer = %node_id_string(&peer), "loading a whole document");
+                self.loading = Some(Loading {
+                    peer,
+                    conn_id,
+                    early: Vec::new(),
+                    early_bytes: 0,
+                });
+            }
+            // The message is dropped with the closure; the sync state is untouched, so the
+            // peer sends the document again (see `PeerSync::poll`).
+            Err(e) => warn!("cannot start a thread to load a peer's document: {e}"),
+        }
+    }
+
+    /// Takes the loader thread's result: the document replaces the empty one.
+    fn finish_load(
+        &mut self,
+        peer: NodeBytes,
+        conn_id: u64,
+        result: std::result::Result<LoadedWhole, SyncError>,
+        fx: &mut Effects,
+    ) {
+        let Some(loading) = self.loading.take() else {
+            return;
+        };
+        fx.unreferenced = loading.early;
+        match result {
+            Ok(l) => {
+                self.doc = l.doc;
+                if let Some(link) = self
+                    .peers
+                    .get_mut(&peer)
+                    .filter(|link| link.conn_id == conn_id)
+                {
+                    link.sync.loaded(l.state);
+                }
+                fx.loaded = Some(l.loaded);
+                fx.winners = Some(l.winners);
+                fx.poll.insert(peer);
+                fx.ask_if_pending.insert(peer);
+            }
+            Err(e) => fx.bad.push((peer, e.to_string())),
+        }
+    }
+
     /// Applies a batch; returns true when the replica must stop.
     fn process(&mut self, batch: Vec<Command>) -> bool {
         let mut fx = Effects::default();
@@ -546,8 +689,15 @@ impl Replica {
         // Values from peers, each with its hash.
         let mut incoming_values: Vec<(ValueHash, Vec<u8>)> = Vec::new();
         let mut doc_error = None;
+        // Set when a load ends in this batch with commands still held back: the rest of the
+        // batch queues behind them, so that everything runs in arrival order.
+        let mut behind = false;
 
         for cmd in batch {
+            if behind || self.must_wait(&cmd) {
+                self.deferred.push_back(cmd);
+                continue;
+            }
             match cmd {
                 // A document broken earlier in this batch is not touched again: the batch
                 // fails as a whole (see below).
@@ -657,6 +807,14 @@ impl Replica {
                         fx.persist_sync.push((*peer, link.sync.persisted()));
                     }
                 }
+                Command::Loaded {
+                    peer,
+                    conn_id,
+                    result,
+                } => {
+                    self.finish_load(peer, conn_id, *result, &mut fx);
+                    behind = !self.deferred.is_empty();
+                }
             }
         }
 
@@ -718,10 +876,12 @@ impl Replica {
         // behind it may be in this batch, before any of them was known to be wanted: keep
         // those the document references.
         if fx.rescan.is_some() {
-            let winners = self.doc.all_entries();
+            let winners = fx.winners.take().unwrap_or_else(|| self.doc.all_entries());
             if unasked {
                 let wanted: HashSet<ValueHash> = winners.iter().map(|(_, e)| e.hash).collect();
                 incoming_values.retain(|(h, _)| wanted.contains(h) || self.pending.contains_key(h));
+                // Values stored during the load that the document does not reference.
+                fx.unreferenced.retain(|h| !wanted.contains(h));
             }
             fx.winners = Some(winners);
         }
@@ -750,6 +910,7 @@ impl Replica {
             for (h, v) in &incoming_values {
                 tx.insert_blob(h, v)?;
             }
+            tx.delete_blobs(&fx.unreferenced)?;
             if let Some(snap) = &loaded_snapshot {
                 tx.replace_snapshot(snap)?;
             }
@@ -949,7 +1110,9 @@ impl Replica {
             }
             DataMsg::Want { .. } | DataMsg::Values { .. } => {}
         }
-        match link.sync.receive(&mut self.doc, msg) {
+        let conn_id = link.conn_id;
+        match link.sync.receive_offloading(&mut self.doc, msg) {
+            Ok(Received::Whole(whole)) => self.start_load(peer, conn_id, whole),
             Ok(Received::Pushed { values, referenced }) => {
                 incoming.extend(
                     values
@@ -973,7 +1136,20 @@ impl Replica {
             Ok(Received::Buffered) => {}
             Ok(Received::Values(values)) => {
                 // Only values this replica asked for are kept; after a whole document loaded
-                // in this batch, those it references are (checked before the commit).
+                // in this batch, those it references are (checked before the commit); during
+                // the load of one, those its sender pushes behind it, up to what it pushes.
+                if let Some(l) = self.loading.as_mut() {
+                    for v in values {
+                        if l.early_bytes + v.len() > MAX_PUSHED_VALUES {
+                            break;
+                        }
+                        l.early_bytes += v.len();
+                        let h = value_hash(&v);
+                        l.early.push(h);
+                        incoming.push((h, v));
+                    }
+                    return;
+                }
                 let loaded = fx.loaded.is_some();
                 incoming.extend(
                     values
@@ -1292,6 +1468,36 @@ impl Replica {
             }
             _ => Vec::new(),
         };
+        // A view still empty after a bulk change (a node that just loaded a whole document):
+        // built in one go from the keys in order, instead of by as many inserts.
+        if map.is_empty() && fx.rescan.is_some() {
+            if let Some(entries) = all.take() {
+                let mut present = Vec::with_capacity(entries.len());
+                for (key, e) in entries.into_iter().filter(|(_, e)| !e.is_tombstone()) {
+                    let here = local.contains_key(&e.hash)
+                        || stored.as_ref().is_some_and(|s| s.contains(&e.hash));
+                    if !here {
+                        Pending::add(pending, e.hash, key, e, doc_gen);
+                        continue;
+                    }
+                    if emit {
+                        let value = match local.get(&e.hash) {
+                            Some(v) => Some(v.to_vec()),
+                            None => store.blob(&e.hash).ok().flatten(),
+                        };
+                        if let Some(value) = value {
+                            events.push(Event::Put {
+                                key: key.clone(),
+                                value,
+                                origin: node_id_string(&e.origin),
+                            });
+                        }
+                    }
+                    present.push((key, e.hash));
+                }
+                *map = present.into_iter().collect();
+            }
+        }
         // Sets one key's view entry to `entry` (None: no value), or records it as waiting for
         // its value.
         let mut apply = |key: String, entry: Option<Entry>, origin: NodeBytes| match entry {
@@ -1586,6 +1792,62 @@ pub(crate) fn node_id_string(id: &NodeBytes) -> String {
     data_encoding::HEXLOWER.encode(id)
 }
 
+/// Test hook: holds a node's next whole-document load at a gate, so that a test can act while
+/// it is in progress.
+#[cfg(test)]
+pub(crate) mod load_gate {
+    use std::{
+        collections::HashMap,
+        sync::{mpsc, Mutex},
+    };
+
+    use crate::doc::NodeBytes;
+
+    struct Gate {
+        arrived: mpsc::Sender<()>,
+        release: mpsc::Receiver<()>,
+    }
+
+    static GATES: Mutex<Option<HashMap<NodeBytes, Gate>>> = Mutex::new(None);
+
+    /// Installs a gate for `node`'s next load: the first receiver hears when the load reaches
+    /// it, and the load goes on once the sender sends (or is dropped).
+    pub(crate) fn install(node: NodeBytes) -> (mpsc::Receiver<()>, mpsc::Sender<()>) {
+        let (arrived, arrived_rx) = mpsc::channel();
+        let (release_tx, release) = mpsc::channel();
+        GATES
+            .lock()
+            .unwrap()
+            .get_or_insert_with(HashMap::new)
+            .insert(node, Gate { arrived, release });
+        (arrived_rx, release_tx)
+    }
+
+    /// Waits at `node`'s gate, if it has one.
+    pub(super) fn pass(node: &NodeBytes) {
+        let gate = GATES
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .as_mut()
+            .and_then(|g| g.remove(node));
+        if let Some(g) = gate {
+            let _ = g.arrived.send(());
+            let _ = g.release.recv();
+        }
+    }
+
+    /// Waits (off the async runtime) until a load reached the gate.
+    pub(crate) async fn arrival(arrived: mpsc::Receiver<()>) {
+        tokio::task::spawn_blocking(move || {
+            arrived
+                .recv_timeout(std::time::Duration::from_secs(30))
+                .expect("the whole document never started loading")
+        })
+        .await
+        .unwrap();
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use std::time::Duration;
@@ -1655,5 +1917,82 @@ mod tests {
         }
         b.shutdown().await.unwrap();
         a.shutdown().await.unwrap();
+    }
+    fn node_bytes(s: &Swarm) -> super::NodeBytes {
+        *crate::net::ticket::parse(&s.ticket())
+            .unwrap()
+            .id
+            .as_bytes()
+    }
+
+    async fn until(what: &str, mut cond: impl AsyncFnMut() -> bool) {
+        let deadline = tokio::time::Instant::now() + Duration::from_secs(30);
+        while !cond().await {
+            assert!(tokio::time::Instant::now() < deadline, "{what}");
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+    }
+
+    /// A node joining with an empty store loads the whole document on another thread: the
+    /// values pushed behind it are stored meanwhile, a local write waits for the load and is
+    /// then made on top of the loaded document, and nothing is lost.
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn a_join_stores_values_during_the_load_and_writes_wait_for_it() {
+        let (da, db) = (tempfile::tempdir().unwrap(), tempfile::tempdir().unwrap());
+        let n = 500;
+        let value = |i: usize| format!("value-{i}").into_bytes();
+        let a = node(da.path(), &[]).await;
+        for i in 0..n {
+            a.put(&format!("k{i:04}"), value(i)).await.unwrap();
+        }
+        a.shutdown().await.unwrap();
+
+        let b = node(db.path(), &[]).await;
+        let (arrived, release) = super::load_gate::install(node_bytes(&b));
+        let a = node(da.path(), &[b.ticket()]).await;
+        super::load_gate::arrival(arrived).await;
+
+        // The document is held at the gate; the values behind it reach B's store anyway.
+        let db_file = db.path().join("murmur.sqlite3");
+        until("the values were not stored during the load", async || {
+            let conn = rusqlite::Connection::open_with_flags(
+                &db_file,
+                rusqlite::OpenFlags::SQLITE_OPEN_READ_ONLY,
+            )
+            .unwrap();
+            let stored: i64 = conn
+                .query_row("SELECT count(*) FROM blobs", [], |r| r.get(0))
+                .unwrap();
+            stored == n as i64
+        })
+        .await;
+        assert_eq!(
+            b.len().await.unwrap(),
+            0,
+            "nothing is visible before the load"
+        );
+        let write = tokio::spawn({
+            let b = b.clone();
+            async move { b.put("mine", b"mine").await }
+        });
+        release.send(()).unwrap();
+        write.await.unwrap().unwrap();
+
+        until("B never had every key", async || {
+            b.len().await.unwrap() == n + 1
+        })
+        .await;
+        for i in 0..n {
+            assert_eq!(b.get(&format!("k{i:04}")).await.unwrap(), Some(value(i)));
+        }
+        until("B's write never reached A", async || {
+            a.get("mine").await.unwrap().is_some()
+        })
+        .await;
+        b.shutdown().await.unwrap();
+        a.shutdown().await.unwrap();
+        let b = node(db.path(), &[]).await;
+        assert_eq!(b.len().await.unwrap(), n + 1, "all of it is durable");
+        b.shutdown().await.unwrap();
     }
 }

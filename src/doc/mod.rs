@@ -474,6 +474,12 @@ impl KvDoc {
         Some((msg.encode(), whole))
     }
 
+    /// Whether the encoded sync message `bytes` carries exactly one whole document (what
+    /// automerge sends a peer whose document is empty). Malformed bytes are not.
+    pub fn carries_whole_document(bytes: &[u8]) -> bool {
+        sync::Message::decode(bytes).is_ok_and(|m| single_document_chunk(&m).is_some())
+    }
+
     /// Applies an automerge sync message from a peer.
     ///
     /// When the message filled this empty document with a whole document (automerge sends

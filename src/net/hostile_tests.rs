@@ -90,6 +90,33 @@ async fn authenticated_peer_sending_garbage_is_disconnected_and_node_keeps_servi
     type Attack = fn() -> (bool, Vec<u8>);
 
     let attacks: Vec<(&str, Attack)> = vec![
+        // First, while the node is still empty: a whole document that does not load (it is
+        // loaded on another thread, see `replica::Loading`).
+        ("whole document that does not load", || {
+            use crate::{doc::KvDoc, sync::PeerSync};
+            let mut doc = KvDoc::new(&[7; 32]);
+            doc.put("k", &[1; 16], 1).unwrap();
+            doc.commit();
+            let (mut ours, mut theirs) = (PeerSync::new(None), PeerSync::new(None));
+            let mut stand_in = KvDoc::new(&[9; 32]);
+            for m in theirs.poll(&mut stand_in, EpochId::ZERO).msgs {
+                ours.receive(&mut doc, m).unwrap();
+            }
+            let polled = ours.poll(&mut doc, EpochId::ZERO);
+            assert!(polled.whole);
+            let mut b = in_epoch();
+            for m in polled.msgs {
+                let DataMsg::Sync { part, last, epoch } = m else {
+                    unreachable!()
+                };
+                let mut part = part;
+                let at = part.len() / 2;
+                part[at] ^= 0x55;
+                assert!(last && KvDoc::carries_whole_document(&part));
+                b.extend(encode_frame(&DataMsg::Sync { epoch, part, last }));
+            }
+            (false, b)
+        }),
         ("undecodable data frame", || {
             (false, vec![0, 0, 0, 3, 0xFF, 0xFF, 0xFF])
         }),
@@ -287,9 +314,9 @@ fn in_epoch() -> Vec<u8> {
 }
 
 /// Snapshot transfer from a hostile peer: a whole document sent to a fresh node, then values
-/// it did not ask for. The node keeps the document and the values it references, and stores
-/// none of the others, though they arrive in the same breath as the document (no `Want` was
-/// sent for any of them).
+/// it did not ask for. The node keeps the document and the values it references, and keeps
+/// none of the others, though they arrive while the document loads (no `Want` was sent for
+/// any of them, and they are stored before the document shows which it references).
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn unasked_values_behind_a_whole_document_are_kept_only_if_referenced() {
     use crate::doc::{value_hash, KvDoc};
@@ -329,6 +356,9 @@ async fn unasked_values_behind_a_whole_document_are_kept_only_if_referenced() {
     let whole = whole.expect("a whole-document message for the empty peer");
     let junk: Vec<Vec<u8>> = (0..3u8).map(|i| vec![0xE0 + i; 100]).collect();
 
+    // The node loads the document on another thread and stores values meanwhile: hold the
+    // load until the values (junk included) are in the store, then let it finish.
+    let (arrived, release) = crate::replica::load_gate::install(a_id);
     let (conn, _) = raw.dial(&a).await;
     let (_cs, _cr, mut ds, _dr) = handshake(&raw.shared, &conn, true, &a_id)
         .await
@@ -337,11 +367,35 @@ async fn unasked_values_behind_a_whole_document_are_kept_only_if_referenced() {
     for m in &whole {
         frames.extend(encode_frame(m));
     }
+    ds.write_all(&frames).await.unwrap();
+    crate::replica::load_gate::arrival(arrived).await;
     // Referenced values and junk, mixed, right behind the document.
     let mut mixed = junk.clone();
     mixed.extend(values.iter().cloned());
-    frames.extend(encode_frame(&DataMsg::Values { values: mixed }));
-    ds.write_all(&frames).await.unwrap();
+    ds.write_all(&encode_frame(&DataMsg::Values { values: mixed }))
+        .await
+        .unwrap();
+    let db_file = dir.path().join("murmur.sqlite3");
+    let deadline = tokio::time::Instant::now() + DEADLINE;
+    loop {
+        let conn = rusqlite::Connection::open_with_flags(
+            &db_file,
+            rusqlite::OpenFlags::SQLITE_OPEN_READ_ONLY,
+        )
+        .unwrap();
+        let stored: i64 = conn
+            .query_row("SELECT count(*) FROM blobs", [], |r| r.get(0))
+            .unwrap();
+        if stored == (values.len() + junk.len()) as i64 {
+            break;
+        }
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "the values were not stored during the load"
+        );
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    release.send(()).unwrap();
 
     let deadline = tokio::time::Instant::now() + DEADLINE;
     for (i, v) in values.iter().enumerate() {

@@ -407,6 +407,17 @@ impl Tx<'_> {
         Ok(doomed.len())
     }
 
+    /// Deletes the blobs with these hashes (absent ones are no error).
+    pub fn delete_blobs(&self, hashes: &[[u8; 16]]) -> Result<()> {
+        let mut del = self
+            .tx
+            .prepare_cached("DELETE FROM blobs WHERE hash = ?1")?;
+        for h in hashes {
+            del.execute([&h[..]])?;
+        }
+        Ok(())
+    }
+
     pub fn set_meta(&self, k: &str, v: &[u8]) -> Result<()> {
         self.tx.execute(
             "INSERT INTO meta(k, v) VALUES (?1, ?2) ON CONFLICT(k) DO UPDATE SET v = excluded.v",

@@ -18,7 +18,9 @@
 //! sends every value right behind it without waiting for a `Want`. The new replica stores the
 //! received bytes as its snapshot ([`Received::Synced`] hands them over) instead of extracting
 //! and storing thousands of changes, and does not ask for values that are already on their way.
-//! A join is then one document load, one bulk insert of values and one pass over the map.
+//! A join is then one document load, one bulk insert of values and one pass over the map; the
+//! replica does the load on another thread ([`PeerSync::receive_offloading`], [`WholeDoc`]) while
+//! it stores the values.
 //!
 //! [`PeerSync`] does no I/O and has no clock: the caller feeds it received messages and asks it
 //! for messages to send. `tests` drives several replicas through a simulated network with
@@ -120,6 +122,73 @@ pub(crate) enum Received {
     Values(Vec<Vec<u8>>),
     /// The peer wants these values.
     Want(Vec<ValueHash>),
+    /// A whole document for this empty replica (only from [`PeerSync::receive_offloading`]):
+    /// nothing was applied yet. The caller loads it, off its own thread if it likes, with
+    /// [`WholeDoc::load`], and hands the outcome back with [`PeerSync::loaded`].
+    Whole(WholeDoc),
+}
+
+/// A whole document sent to an empty replica, not yet loaded (see [`Received::Whole`]).
+///
+/// Loading one is the longest step of a join (a quarter of a second at 100k keys, about as long
+/// as storing the values that follow it): done on another thread, the two overlap
+/// (BENCHMARKS.md, W4).
+pub(crate) struct WholeDoc {
+    /// The sync state as of receiving the message (the message is applied to a copy).
+    state: sync::State,
+    /// The reassembled sync message.
+    msg: Vec<u8>,
+}
+
+impl std::fmt::Debug for WholeDoc {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "WholeDoc({} bytes)", self.msg.len())
+    }
+}
+
+/// Two are the same message (the sync state is a copy of the receiver's).
+impl PartialEq for WholeDoc {
+    fn eq(&self, other: &Self) -> bool {
+        self.msg == other.msg
+    }
+}
+
+impl Eq for WholeDoc {}
+
+/// A loaded [`WholeDoc`].
+pub(crate) struct LoadedWhole {
+    /// The document, with `node`'s actor.
+    pub doc: KvDoc,
+    /// The sync state after the message: give it back with [`PeerSync::loaded`].
+    pub state: sync::State,
+    /// The document's bytes and heads, to store as the snapshot.
+    pub loaded: Loaded,
+    /// Every key's winning entry, in key order.
+    pub winners: Vec<(String, crate::doc::Entry)>,
+}
+
+impl WholeDoc {
+    /// Applies the message to a new empty document of `epoch`, and reads every key's winner.
+    /// Touches nothing else: it may run on any thread.
+    pub fn load(
+        mut self,
+        node: &crate::doc::NodeBytes,
+        epoch: &EpochId,
+    ) -> Result<LoadedWhole, SyncError> {
+        let mut doc = KvDoc::empty(node, epoch);
+        let bytes = doc
+            .receive_sync_message(&mut self.state, &self.msg)
+            .map_err(SyncError::BadSync)?
+            .ok_or_else(|| SyncError::BadSync("the whole document did not load".into()))?;
+        let heads = doc.heads();
+        let winners = doc.all_entries();
+        Ok(LoadedWhole {
+            doc,
+            state: self.state,
+            loaded: (bytes, heads),
+            winners,
+        })
+    }
 }
 
 /// The outcome of [`PeerSync::poll`].
@@ -207,6 +276,37 @@ impl PeerSync {
         }
     }
 
+    /// Like [`PeerSync::receive`], except that a whole document for an empty `doc` is handed
+    /// back unapplied, as [`Received::Whole`].
+    pub fn receive_offloading(
+        &mut self,
+        doc: &mut KvDoc,
+        msg: DataMsg,
+    ) -> Result<Received, SyncError> {
+        match msg {
+            DataMsg::Sync {
+                part, last: true, ..
+            } if doc.is_empty() => {
+                let whole = self.reassemble(part)?;
+                if KvDoc::carries_whole_document(&whole) {
+                    Ok(Received::Whole(WholeDoc {
+                        state: self.state.clone(),
+                        msg: whole,
+                    }))
+                } else {
+                    self.apply_sync(doc, &whole)
+                }
+            }
+            msg => self.receive(doc, msg),
+        }
+    }
+
+    /// Takes the sync state of a [`WholeDoc`] that was loaded (as if [`PeerSync::receive`]
+    /// had applied it).
+    pub fn loaded(&mut self, state: sync::State) {
+        self.state = state;
+    }
+
     /// Handles a message from the peer. The caller has checked that its epoch is `doc`'s.
     pub fn receive(&mut self, doc: &mut KvDoc, msg: DataMsg) -> Result<Received, SyncError> {
         match msg {
@@ -224,31 +324,46 @@ impl PeerSync {
                 Ok(Received::Pushed { values, referenced })
             }
             DataMsg::Sync { part, last, .. } => {
-                if self.partial.len() + part.len() > MAX_SYNC_MESSAGE {
-                    self.partial = Vec::new();
-                    return Err(SyncError::TooLarge);
-                }
                 if !last {
+                    if self.partial.len() + part.len() > MAX_SYNC_MESSAGE {
+                        self.partial = Vec::new();
+                        return Err(SyncError::TooLarge);
+                    }
                     self.partial.extend_from_slice(&part);
                     return Ok(Received::Buffered);
                 }
-                let whole = if self.partial.is_empty() {
-                    part
-                } else {
-                    let mut w = std::mem::take(&mut self.partial);
-                    w.extend_from_slice(&part);
-                    w
-                };
-                let loaded = doc
-                    .receive_sync_message(&mut self.state, &whole)
-                    .map_err(SyncError::BadSync)?
-                    .map(|bytes| (bytes, doc.heads()));
-                Ok(Received::Synced { loaded })
+                let whole = self.reassemble(part)?;
+                self.apply_sync(doc, &whole)
             }
             DataMsg::Want { hashes } => Ok(Received::Want(hashes)),
             DataMsg::Values { values } => Ok(Received::Values(values)),
             DataMsg::Epoch { .. } | DataMsg::CompactRequest => Ok(Received::Buffered),
         }
+    }
+}
+
+impl PeerSync {
+    /// The whole sync message, given its last part.
+    fn reassemble(&mut self, last: Vec<u8>) -> Result<Vec<u8>, SyncError> {
+        if self.partial.len() + last.len() > MAX_SYNC_MESSAGE {
+            self.partial = Vec::new();
+            return Err(SyncError::TooLarge);
+        }
+        Ok(if self.partial.is_empty() {
+            last
+        } else {
+            let mut w = std::mem::take(&mut self.partial);
+            w.extend_from_slice(&last);
+            w
+        })
+    }
+
+    fn apply_sync(&mut self, doc: &mut KvDoc, whole: &[u8]) -> Result<Received, SyncError> {
+        let loaded = doc
+            .receive_sync_message(&mut self.state, whole)
+            .map_err(SyncError::BadSync)?
+            .map(|bytes| (bytes, doc.heads()));
+        Ok(Received::Synced { loaded })
     }
 }
 

@@ -480,3 +480,96 @@ fn a_whole_document_with_bytes_after_it_is_not_taken_as_a_snapshot() {
         "tampered bytes taken as a snapshot"
     );
 }
+
+/// The whole document handed back unapplied by `receive_offloading` and loaded by
+/// `WholeDoc::load` (on any thread) leaves the receiver where `receive` would have: same
+/// document, same snapshot bytes, and a sync state that goes on from there.
+#[test]
+fn a_whole_document_loaded_apart_is_the_same_as_one_received() {
+    let mut a = doc_with_keys(300, 10);
+    let mut b = KvDoc::new(&[2; 32]);
+    let (mut sa, mut sb) = (PeerSync::new(None), PeerSync::new(None));
+    let mut loaded = None;
+    for _ in 0..4 {
+        for m in sa.poll(&mut a, EpochId::ZERO).msgs {
+            match sb.receive_offloading(&mut b, m).unwrap() {
+                Received::Whole(w) => {
+                    assert!(b.is_empty(), "nothing was applied");
+                    let l = std::thread::spawn(move || w.load(&[2; 32], &EpochId::ZERO))
+                        .join()
+                        .unwrap()
+                        .unwrap();
+                    b = l.doc;
+                    sb.loaded(l.state);
+                    assert_eq!(l.winners, b.all_entries());
+                    loaded = Some(l.loaded);
+                }
+                Received::Synced { loaded: Some(_) } => panic!("loaded in place"),
+                _ => {}
+            }
+        }
+        for m in sb.poll(&mut b, EpochId::ZERO).msgs {
+            sa.receive(&mut a, m).unwrap();
+        }
+    }
+    let (bytes, heads) = loaded.expect("a whole document for the empty replica");
+    assert_eq!(b.entries(), a.entries());
+    assert_eq!(heads, a.heads());
+    let mut reloaded = KvDoc::load(Some(&bytes), &[], &[2; 32], &EpochId::ZERO).unwrap();
+    assert_eq!(reloaded.heads(), a.heads());
+    // The sync state went on from the loaded message: both are quiet, and a new write on A
+    // travels as a change.
+    assert!(sa.poll(&mut a, EpochId::ZERO).msgs.is_empty());
+    assert!(sb.poll(&mut b, EpochId::ZERO).msgs.is_empty());
+    a.put("late", &value_hash(b"late"), 10_000).unwrap();
+    a.commit();
+    for _ in 0..4 {
+        let polled = sa.poll(&mut a, EpochId::ZERO);
+        assert!(!polled.whole);
+        for m in polled.msgs {
+            assert!(!matches!(
+                sb.receive_offloading(&mut b, m).unwrap(),
+                Received::Whole(_)
+            ));
+        }
+        for m in sb.poll(&mut b, EpochId::ZERO).msgs {
+            sa.receive(&mut a, m).unwrap();
+        }
+    }
+    assert_eq!(b.entries(), a.entries());
+}
+
+/// A whole document that does not load (a byte of it changed) is an error from
+/// `WholeDoc::load`, and the receiving replica's own document was never touched.
+#[test]
+fn a_corrupt_whole_document_fails_to_load_apart() {
+    let mut a = doc_with_keys(300, 10);
+    let mut b = KvDoc::new(&[2; 32]);
+    let (mut sa, mut sb) = (PeerSync::new(None), PeerSync::new(None));
+    for m in sb.poll(&mut b, EpochId::ZERO).msgs {
+        sa.receive(&mut a, m).unwrap();
+    }
+    let polled = sa.poll(&mut a, EpochId::ZERO);
+    assert!(polled.whole);
+    let mut bytes: Vec<u8> = polled
+        .msgs
+        .into_iter()
+        .flat_map(|m| match m {
+            DataMsg::Sync { part, .. } => part,
+            other => panic!("unexpected {other:?}"),
+        })
+        .collect();
+    // A byte in the middle of the document chunk: its checksum no longer matches.
+    let at = bytes.len() / 2;
+    bytes[at] ^= 0x55;
+    let msg = DataMsg::Sync {
+        epoch: EpochId::ZERO,
+        part: bytes,
+        last: true,
+    };
+    match sb.receive_offloading(&mut b, msg).unwrap() {
+        Received::Whole(w) => assert!(w.load(&[2; 32], &EpochId::ZERO).is_err()),
+        other => panic!("expected a whole document, got {other:?}"),
+    }
+    assert!(b.is_empty());
+}
