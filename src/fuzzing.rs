@@ -172,7 +172,7 @@ fn db_template() -> &'static Vec<u8> {
             let mut doc = KvDoc::load(None, &[], &[3; 32], &EpochId::ZERO).ok()?;
             doc.put("a", &value_hash(b"1"), 1).ok()?;
             doc.commit()?;
-            let tx = store.tx().ok()?;
+            let mut tx = store.tx().ok()?;
             tx.insert_blob(&value_hash(b"1"), b"1").ok()?;
             // The change and epoch zero's genesis under it.
             for c in doc.changes_since(&[]) {

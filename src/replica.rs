@@ -465,32 +465,24 @@ struct Effects {
 
 impl Replica {
     fn open(cfg: ReplicaConfig, own_tx: mpsc::WeakSender<Command>) -> Result<(Replica, OpenInfo)> {
-        let mut store = Store::open(&cfg.dir, cfg.durability)?;
-        let secret_key = store.secret_key()?;
-        let me: NodeBytes = iroh::SecretKey::from_bytes(&secret_key)
-            .public()
-            .as_bytes()
-            .to_owned();
-        let stored = store.load_doc()?;
-        let snapshot_len = stored.snapshot.as_ref().map_or(0, |s| s.len());
-        let change_bytes = stored.changes.iter().map(|c| c.len()).sum();
-        let epoch = store.epoch()?;
-        // One scan of the stored hashes (a lookup per key costs a parse and a lock each, which
-        // dominated reopen time at 100k keys: BENCHMARKS.md, W5), on the view's read connection
-        // and another thread, while this one loads the document.
+        // The store indexes its values (one scan, on another thread) while this one loads the
+        // document: BENCHMARKS.md, W5.
+        let (store, loaded) = Store::open_and(&cfg.dir, cfg.durability, |store| {
+            let secret_key = store.secret_key()?;
+            let me: NodeBytes = iroh::SecretKey::from_bytes(&secret_key)
+                .public()
+                .as_bytes()
+                .to_owned();
+            let stored = store.load_doc()?;
+            let snapshot_len = stored.snapshot.as_ref().map_or(0, |s| s.len());
+            let change_bytes: usize = stored.changes.iter().map(|c| c.len()).sum();
+            let epoch = store.epoch()?;
+            let doc = KvDoc::load(stored.snapshot.as_deref(), &stored.changes, &me, &epoch)
+                .map_err(|e| store.corrupt(e))?;
+            Ok::<_, Error>((secret_key, me, snapshot_len, change_bytes, epoch, doc))
+        })?;
+        let (secret_key, me, snapshot_len, change_bytes, epoch, doc) = loaded?;
         let reader = store.reader()?;
-        let (doc, scanned) = std::thread::scope(|s| {
-            let scan = s.spawn(move || {
-                let hashes = reader.blob_hashes();
-                (reader, hashes)
-            });
-            let doc = KvDoc::load(stored.snapshot.as_deref(), &stored.changes, &me, &epoch);
-            (doc, scan.join())
-        });
-        let doc = doc.map_err(|e| store.corrupt(e))?;
-        let (reader, stored_hashes) =
-            scanned.map_err(|_| Error::Storage("the scan of stored values panicked".into()))?;
-        let stored_hashes = stored_hashes?;
         let term = store.meta_i64("term")?.unwrap_or(0).max(0) as u64;
         let peer_addrs = store.peer_addrs()?;
         let saved_sync = store.peer_sync_states()?.into_iter().collect();
@@ -504,7 +496,7 @@ impl Replica {
             if e.is_tombstone() {
                 continue;
             }
-            if stored_hashes.contains(&e.hash) {
+            if store.has_blob(&e.hash) {
                 present.push((key, e.hash));
             } else {
                 Pending::add(&mut pending, e.hash, key, e, 0);
@@ -885,9 +877,6 @@ impl Replica {
             }
             fx.winners = Some(winners);
         }
-        // Inserting in key order keeps the B-tree appends local (values are keyed by hash:
-        // random order thrashed the page cache in bulk).
-        incoming_values.sort_unstable_by_key(|v| v.0);
 
         // One transaction for the whole batch.
         let commit = (|| -> Result<Persisted> {
@@ -903,7 +892,7 @@ impl Replica {
                 && fx.compact.is_empty()
                 && fx.shutdown.is_none();
             self.store.set_relaxed(relaxed);
-            let tx = self.store.tx()?;
+            let mut tx = self.store.tx()?;
             for (h, v) in &local_values {
                 tx.insert_blob(h, v)?;
             }
@@ -1325,7 +1314,7 @@ impl Replica {
         keep.extend(self.view.hashes());
         self.store.set_relaxed(false);
         let result = (|| -> Result<usize> {
-            let tx = self.store.tx()?;
+            let mut tx = self.store.tx()?;
             tx.replace_snapshot(&snap)?;
             tx.set_epoch(&epoch)?;
             let dropped = tx.retain_blobs(&keep)?;
@@ -1425,8 +1414,6 @@ impl Replica {
         if let Some(max) = all.iter().flatten().map(|(_, e)| e.hlc).max() {
             self.hlc.observe(max);
         }
-        // In bulk, one scan of the stored hashes beats a lookup per key.
-        let stored = all.as_ref().and_then(|_| self.store.blob_hashes().ok());
 
         // Values written or received in this batch: no need to read them back from the store.
         let local: HashMap<ValueHash, &[u8]> = local_values
@@ -1474,8 +1461,7 @@ impl Replica {
             if let Some(entries) = all.take() {
                 let mut present = Vec::with_capacity(entries.len());
                 for (key, e) in entries.into_iter().filter(|(_, e)| !e.is_tombstone()) {
-                    let here = local.contains_key(&e.hash)
-                        || stored.as_ref().is_some_and(|s| s.contains(&e.hash));
+                    let here = local.contains_key(&e.hash) || store.has_blob(&e.hash);
                     if !here {
                         Pending::add(pending, e.hash, key, e, doc_gen);
                         continue;
@@ -1516,11 +1502,9 @@ impl Replica {
                 // Whether the value is here, and its bytes if an event needs them.
                 let have: Option<Option<Vec<u8>>> = match local.get(&e.hash) {
                     Some(v) => Some(emit.then(|| v.to_vec())),
-                    None => match &stored {
-                        Some(set) if !set.contains(&e.hash) => None,
-                        Some(_) if !emit => Some(None),
-                        _ => store.blob(&e.hash).ok().flatten().map(Some),
-                    },
+                    None if !store.has_blob(&e.hash) => None,
+                    None if !emit => Some(None),
+                    None => store.blob(&e.hash).ok().flatten().map(Some),
                 };
                 match have {
                     Some(None) => {
@@ -1961,7 +1945,7 @@ mod tests {
             )
             .unwrap();
             let stored: i64 = conn
-                .query_row("SELECT count(*) FROM blobs", [], |r| r.get(0))
+                .query_row("SELECT count(*) FROM vals", [], |r| r.get(0))
                 .unwrap();
             stored == n as i64
         })

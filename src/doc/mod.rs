@@ -7,7 +7,7 @@
 //! conflict resolve to the entry with the greatest `(hlc, hash)`: the same rule decides between
 //! two replicas' states after a history compaction ([`crate::history`]), where there is no
 //! shared history left to compare. The value itself is never in the document: the value bytes
-//! live in the store's `blobs` table and travel beside the changes. Keeping the document small
+//! live in the store's `vals` table and travel beside the changes. Keeping the document small
 //! matters because a document loaded from disk (or received whole over sync) makes every later
 //! write cost time proportional to the bytes of all values in it (measured: 3 ms per put at
 //! 100k keys of 100 bytes, against 23 µs when built in memory).

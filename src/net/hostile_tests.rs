@@ -384,7 +384,7 @@ async fn unasked_values_behind_a_whole_document_are_kept_only_if_referenced() {
         )
         .unwrap();
         let stored: i64 = conn
-            .query_row("SELECT count(*) FROM blobs", [], |r| r.get(0))
+            .query_row("SELECT count(*) FROM vals", [], |r| r.get(0))
             .unwrap();
         if stored == (values.len() + junk.len()) as i64 {
             break;

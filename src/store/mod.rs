@@ -5,8 +5,12 @@
 //! - `changes`: raw automerge changes made or received since that snapshot. On open the
 //!   snapshot is loaded and the change rows are applied on top; when the rows outweigh the
 //!   snapshot they are folded into a new one ([`Tx::replace_snapshot`]).
-//! - `blobs`: value bytes, addressed by their hash. The document only holds a 16-byte hash per
-//!   key, which keeps it small (large documents make automerge writes slow, see `doc`).
+//! - `vals`: value bytes with their hash, in insertion order. The document only holds a
+//!   16-byte hash per key, which keeps it small (large documents make automerge writes slow,
+//!   see `doc`). Rows are found by hash through an in-memory index ([`ValueIndex`]) rather
+//!   than a SQLite index: hashes are random, so a hash-keyed B-tree makes every commit rewrite
+//!   about one page per value, where appending in rowid order touches a page per 30 values
+//!   (BENCHMARKS.md, W1 and W3).
 //! - `peer_sync`: each peer's persisted automerge sync state.
 //! - `peer_addrs`: the last known addresses of authenticated peers, to reconnect after restart.
 //! - `meta`: the node's secret key, the election term, the schema version.
@@ -15,8 +19,10 @@
 //! connections ([`Reader`]), which WAL mode lets run alongside the writer.
 
 use std::{
+    collections::{HashMap, HashSet},
     fs::File,
     path::{Path, PathBuf},
+    sync::{Arc, RwLock},
 };
 
 use rusqlite::{params, Connection, OpenFlags, OptionalExtension};
@@ -38,22 +44,79 @@ pub enum Durability {
 
 /// 2: entries carry a clock stamp, deletions are tombstones, documents have epochs.
 /// 3: the document spreads keys over bucket maps (`crate::doc`).
-const SCHEMA_VERSION: i64 = 3;
+/// 4: values live in `vals`, in rowid order, found through [`ValueIndex`] (3's `blobs` table,
+///    keyed by hash, is moved over on open).
+const SCHEMA_VERSION: i64 = 4;
 const DB_FILE: &str = "murmur.sqlite3";
 const LOCK_FILE: &str = "murmur.lock";
 
-const SCHEMA: &str = "
+const META_SCHEMA: &str = "
 CREATE TABLE IF NOT EXISTS meta      (k TEXT PRIMARY KEY, v BLOB NOT NULL);
+";
+
+const SCHEMA: &str = "
 CREATE TABLE IF NOT EXISTS snapshot  (id INTEGER PRIMARY KEY CHECK (id = 1), data BLOB NOT NULL);
 CREATE TABLE IF NOT EXISTS changes   (seq INTEGER PRIMARY KEY AUTOINCREMENT, data BLOB NOT NULL);
-CREATE TABLE IF NOT EXISTS blobs     (hash BLOB PRIMARY KEY, data BLOB NOT NULL) WITHOUT ROWID;
+CREATE TABLE IF NOT EXISTS vals      (id INTEGER PRIMARY KEY, hash BLOB NOT NULL, data BLOB NOT NULL);
 CREATE TABLE IF NOT EXISTS peer_sync (peer BLOB PRIMARY KEY, state BLOB NOT NULL) WITHOUT ROWID;
 CREATE TABLE IF NOT EXISTS peer_addrs(peer BLOB PRIMARY KEY, addr BLOB NOT NULL) WITHOUT ROWID;
 ";
 
+/// A value's 16-byte hash (see `crate::doc::value_hash`).
+type Hash = [u8; 16];
+
+/// Where each stored value lives: its hash to the rowid of its row in `vals`.
+///
+/// Built by one scan when the store opens, then kept up to date by the writer: a [`Tx`] records
+/// its inserts and deletions and applies them here once it has committed, so a reader never
+/// finds a rowid whose row it cannot see yet. Shared with the [`Reader`]s. About 30 bytes per
+/// value (3 MB at 100k values), which buys append-only value inserts.
+#[derive(Clone, Default)]
+pub(crate) struct ValueIndex(Arc<RwLock<HashMap<Hash, i64>>>);
+
+impl ValueIndex {
+    fn read(&self) -> std::sync::RwLockReadGuard<'_, HashMap<Hash, i64>> {
+        self.0.read().unwrap_or_else(|p| p.into_inner())
+    }
+
+    fn write(&self) -> std::sync::RwLockWriteGuard<'_, HashMap<Hash, i64>> {
+        self.0.write().unwrap_or_else(|p| p.into_inner())
+    }
+
+    fn rowid(&self, hash: &[u8]) -> Option<i64> {
+        let h: &Hash = hash.try_into().ok()?;
+        self.read().get(h).copied()
+    }
+
+    /// Reads every stored value's hash and rowid on `conn` (one sequential scan).
+    fn scan(conn: &Connection) -> Result<HashMap<Hash, i64>> {
+        let mut stmt = conn.prepare("SELECT id, hash FROM vals")?;
+        let mut rows = stmt.query([])?;
+        let mut out = HashMap::new();
+        while let Some(r) = rows.next()? {
+            let h: Vec<u8> = r.get(1)?;
+            // A malformed hash cannot be any key's value: skipping it only costs a refetch.
+            if let Ok(h) = Hash::try_from(h.as_slice()) {
+                out.insert(h, r.get(0)?);
+            }
+        }
+        Ok(out)
+    }
+}
+
+/// Reads the value in row `id`, if it is still the value with `hash` (a deleted row's id can be
+/// taken again by a later insert).
+fn read_value(conn: &Connection, id: i64, hash: &[u8]) -> Result<Option<Vec<u8>>> {
+    Ok(conn
+        .prepare_cached("SELECT data FROM vals WHERE id = ?1 AND hash = ?2")?
+        .query_row(params![id, hash], |r| r.get(0))
+        .optional()?)
+}
+
 /// The writer's handle on the database. Holds the directory lock for its whole life.
 pub(crate) struct Store {
     conn: Connection,
+    index: ValueIndex,
     durability: Durability,
     /// Whether the connection is switched to `synchronous=NORMAL` for the next transaction.
     relaxed: bool,
@@ -72,6 +135,32 @@ pub(crate) struct StoredDoc {
 impl Store {
     /// Opens (creating if needed) the store in `dir`, taking an exclusive lock on it.
     pub fn open(dir: &Path, durability: Durability) -> Result<Store> {
+        let (store, ()) = Self::open_and(dir, durability, |_| ())?;
+        Ok(store)
+    }
+
+    /// Like [`Store::open`], and runs `meanwhile` on the open store while another thread
+    /// builds the value index (a scan of every stored value, 30-50 ms at 100k values): the
+    /// replica loads its document meanwhile (BENCHMARKS.md, W5).
+    pub fn open_and<T>(
+        dir: &Path,
+        durability: Durability,
+        meanwhile: impl FnOnce(&mut Store) -> T,
+    ) -> Result<(Store, T)> {
+        let mut store = Self::open_unindexed(dir, durability)?;
+        let reader = store.reader()?;
+        let (scanned, out) = std::thread::scope(|s| {
+            let scan = s.spawn(move || ValueIndex::scan(&reader.conn));
+            let out = meanwhile(&mut store);
+            (scan.join(), out)
+        });
+        let map =
+            scanned.map_err(|_| Error::Storage("the scan of stored values panicked".into()))??;
+        store.index = ValueIndex(Arc::new(RwLock::new(map)));
+        Ok((store, out))
+    }
+
+    fn open_unindexed(dir: &Path, durability: Durability) -> Result<Store> {
         std::fs::create_dir_all(dir).map_err(|e| {
             Error::Storage(format!(
                 "cannot create data directory {}: {e}",
@@ -117,29 +206,38 @@ impl Store {
             Durability::Process => "NORMAL",
         };
         conn.pragma_update(None, "synchronous", sync)?;
-        // Values are keyed by hash, so bulk inserts land on random pages: SQLite's default
-        // 2 MB page cache thrashes once the table outgrows it (a 100k-value catch-up spent
-        // most of its commits re-reading pages). The cache grows only as pages are used.
+        // SQLite's default 2 MB page cache thrashed in bulk catch-ups when values were keyed
+        // by hash (schema 3); it still helps reads of many values. The cache grows only as
+        // pages are used.
         conn.pragma_update(None, "cache_size", -16384)?;
         conn.busy_timeout(std::time::Duration::from_secs(5))?;
-        conn.execute_batch(SCHEMA)
+        // The version is read before any other table is made: a store of a newer schema is
+        // refused untouched.
+        conn.execute_batch(META_SCHEMA)
             .map_err(|e| corrupt(format!("schema: {e}")))?;
         let mut store = Store {
             conn,
+            index: ValueIndex::default(),
             durability,
             relaxed: false,
             dir: dir.to_path_buf(),
             db_path,
             _lock: lock,
         };
-        match store.meta_i64("schema_version")? {
-            None => store.set_meta("schema_version", &SCHEMA_VERSION.to_be_bytes())?,
-            Some(SCHEMA_VERSION) => {}
-            Some(v) => {
-                return Err(corrupt(format!(
+        let version = store.meta_i64("schema_version")?;
+        if let Some(v) = version.filter(|v| *v != SCHEMA_VERSION && *v != 3) {
+            return Err(corrupt(format!(
                 "schema version {v} is not supported by this version of Murmur ({SCHEMA_VERSION})"
-            )))
-            }
+            )));
+        }
+        store
+            .conn
+            .execute_batch(SCHEMA)
+            .map_err(|e| corrupt(format!("schema: {e}")))?;
+        match version {
+            None => store.set_meta("schema_version", &SCHEMA_VERSION.to_be_bytes())?,
+            Some(3) => store.migrate_from_3()?,
+            Some(_) => {}
         }
         Ok(store)
     }
@@ -151,7 +249,33 @@ impl Store {
             OpenFlags::SQLITE_OPEN_READ_ONLY | OpenFlags::SQLITE_OPEN_NO_MUTEX,
         )?;
         conn.busy_timeout(std::time::Duration::from_secs(5))?;
-        Ok(Reader { conn })
+        Ok(Reader {
+            conn,
+            index: self.index.clone(),
+        })
+    }
+
+    /// Schema 3 kept values in `blobs`, keyed by hash: moves them to `vals` (in hash order,
+    /// which is as good as any) in one transaction. Nothing else changed.
+    fn migrate_from_3(&mut self) -> Result<()> {
+        let tx = self.conn.transaction()?;
+        let has_blobs: bool = tx.query_row(
+            "SELECT count(*) > 0 FROM sqlite_master WHERE type = 'table' AND name = 'blobs'",
+            [],
+            |r| r.get(0),
+        )?;
+        if has_blobs {
+            tx.execute_batch(
+                "INSERT INTO vals(hash, data) SELECT hash, data FROM blobs ORDER BY hash;
+                 DROP TABLE blobs;",
+            )?;
+        }
+        tx.execute(
+            "UPDATE meta SET v = ?1 WHERE k = 'schema_version'",
+            [&SCHEMA_VERSION.to_be_bytes()[..]],
+        )?;
+        tx.commit()?;
+        Ok(())
     }
 
     /// Builds an error that says the stored data cannot be used.
@@ -216,32 +340,37 @@ impl Store {
         Ok(StoredDoc { snapshot, changes })
     }
 
-    /// Hashes of all stored values (read once at open, to find values still to fetch).
-    pub fn blob_hashes(&self) -> Result<std::collections::HashSet<[u8; 16]>> {
-        scan_hashes(&self.conn)
+    /// Whether the value with `hash` is stored (committed).
+    pub fn has_blob(&self, hash: &[u8]) -> bool {
+        self.index.rowid(hash).is_some()
     }
 
     /// Reads one blob.
     pub fn blob(&self, hash: &[u8]) -> Result<Option<Vec<u8>>> {
-        Ok(self
-            .conn
-            .prepare_cached("SELECT data FROM blobs WHERE hash = ?1")?
-            .query_row([hash], |r| r.get(0))
-            .optional()?)
+        match self.index.rowid(hash) {
+            Some(id) => read_value(&self.conn, id, hash),
+            None => Ok(None),
+        }
     }
 
-    /// Reads the blobs of `hashes` that are stored, in order, calling `f` with each until it
-    /// returns false. One read transaction for all of them: outside one, every lookup takes
-    /// and releases the file lock (3× slower at 100k lookups, BENCHMARKS.md W5 analysis).
+    /// Reads the blobs of `hashes` that are stored, in the order they are stored, calling `f`
+    /// with each until it returns false. One read transaction for all of them: outside one,
+    /// every lookup takes and releases the file lock (3× slower at 100k lookups, BENCHMARKS.md
+    /// W5 analysis).
     pub fn for_blobs(&self, hashes: &[[u8; 16]], mut f: impl FnMut(Vec<u8>) -> bool) -> Result<()> {
+        let mut rows: Vec<(i64, &[u8; 16])> = {
+            let index = self.index.read();
+            hashes
+                .iter()
+                .filter_map(|h| Some((*index.get(h)?, h)))
+                .collect()
+        };
+        rows.sort_unstable_by_key(|r| r.0);
         let tx = self.conn.unchecked_transaction()?;
-        {
-            let mut stmt = tx.prepare_cached("SELECT data FROM blobs WHERE hash = ?1")?;
-            for h in hashes {
-                if let Some(v) = stmt.query_row([h], |r| r.get(0)).optional()? {
-                    if !f(v) {
-                        break;
-                    }
+        for (id, h) in rows {
+            if let Some(v) = read_value(&tx, id, h)? {
+                if !f(v) {
+                    break;
                 }
             }
         }
@@ -249,11 +378,13 @@ impl Store {
         Ok(())
     }
 
-    /// Reads the stored blobs in hash order, calling `f` with each hash and value until it
-    /// returns false: one sequential scan, several times faster than looking each up when most
-    /// are wanted.
+    /// Reads every stored blob in the order they were stored, calling `f` with each hash and
+    /// value until it returns false: one sequential scan, several times faster than looking
+    /// each up when most are wanted.
     pub fn scan_blobs(&self, mut f: impl FnMut([u8; 16], Vec<u8>) -> bool) -> Result<()> {
-        let mut stmt = self.conn.prepare_cached("SELECT hash, data FROM blobs")?;
+        let mut stmt = self
+            .conn
+            .prepare_cached("SELECT hash, data FROM vals ORDER BY id")?;
         let mut rows = stmt.query([])?;
         while let Some(r) = rows.next()? {
             let h: Vec<u8> = r.get(0)?;
@@ -350,6 +481,9 @@ impl Store {
     pub fn tx(&mut self) -> Result<Tx<'_>> {
         Ok(Tx {
             tx: self.conn.transaction()?,
+            index: &self.index,
+            added: HashMap::new(),
+            removed: HashSet::new(),
         })
     }
 }
@@ -357,6 +491,11 @@ impl Store {
 /// One write transaction (one group commit).
 pub(crate) struct Tx<'a> {
     tx: rusqlite::Transaction<'a>,
+    index: &'a ValueIndex,
+    /// Values inserted in this transaction (hash to rowid): the index learns them on commit.
+    added: HashMap<Hash, i64>,
+    /// Values of the index deleted in this transaction: the index forgets them on commit.
+    removed: HashSet<Hash>,
 }
 
 impl Tx<'_> {
@@ -367,10 +506,43 @@ impl Tx<'_> {
         Ok(())
     }
 
-    pub fn insert_blob(&self, hash: &[u8], data: &[u8]) -> Result<()> {
+    /// The rowid of the value with `hash` as this transaction sees it.
+    fn rowid(&self, hash: &Hash) -> Option<i64> {
+        if let Some(id) = self.added.get(hash) {
+            return Some(*id);
+        }
+        if self.removed.contains(hash) {
+            return None;
+        }
+        self.index.read().get(hash).copied()
+    }
+
+    /// Stores a value under its hash; a value already stored is left as it is.
+    pub fn insert_blob(&mut self, hash: &[u8], data: &[u8]) -> Result<()> {
+        let h: Hash = hash.try_into().map_err(|_| {
+            Error::Storage(format!("a value hash has {} bytes, not 16", hash.len()))
+        })?;
+        if self.rowid(&h).is_some() {
+            return Ok(());
+        }
         self.tx
-            .prepare_cached("INSERT OR IGNORE INTO blobs(hash, data) VALUES (?1, ?2)")?
+            .prepare_cached("INSERT INTO vals(hash, data) VALUES (?1, ?2)")?
             .execute(params![hash, data])?;
+        self.added.insert(h, self.tx.last_insert_rowid());
+        Ok(())
+    }
+
+    /// Deletes the value with `hash`, if stored.
+    fn delete_blob(&mut self, h: &Hash) -> Result<()> {
+        let Some(id) = self.rowid(h) else {
+            return Ok(());
+        };
+        self.tx
+            .prepare_cached("DELETE FROM vals WHERE id = ?1")?
+            .execute([id])?;
+        if self.added.remove(h).is_none() {
+            self.removed.insert(*h);
+        }
         Ok(())
     }
 
@@ -384,36 +556,31 @@ impl Tx<'_> {
         Ok(())
     }
 
-    /// Deletes every blob whose hash is not in `keep`.
-    pub fn retain_blobs(&self, keep: &std::collections::HashSet<[u8; 16]>) -> Result<usize> {
-        let mut doomed = Vec::new();
-        {
-            let mut stmt = self.tx.prepare("SELECT hash FROM blobs")?;
-            let mut rows = stmt.query([])?;
-            while let Some(r) = rows.next()? {
-                let h: Vec<u8> = r.get(0)?;
-                let known = <[u8; 16]>::try_from(h.as_slice())
-                    .map(|h| keep.contains(&h))
-                    .unwrap_or(false);
-                if !known {
-                    doomed.push(h);
-                }
-            }
-        }
-        let mut del = self.tx.prepare("DELETE FROM blobs WHERE hash = ?1")?;
+    /// Deletes every blob whose hash is not in `keep`; returns how many.
+    pub fn retain_blobs(&mut self, keep: &HashSet<[u8; 16]>) -> Result<usize> {
+        let mut doomed: Vec<Hash> = self
+            .index
+            .read()
+            .keys()
+            .filter(|h| !keep.contains(*h) && !self.removed.contains(*h))
+            .copied()
+            .collect();
+        doomed.extend(self.added.keys().filter(|h| !keep.contains(*h)));
+        // Rows with malformed hashes are in no index: they go too.
+        let malformed = self
+            .tx
+            .prepare_cached("DELETE FROM vals WHERE length(hash) != 16")?
+            .execute([])?;
         for h in &doomed {
-            del.execute([h])?;
+            self.delete_blob(h)?;
         }
-        Ok(doomed.len())
+        Ok(doomed.len() + malformed)
     }
 
     /// Deletes the blobs with these hashes (absent ones are no error).
-    pub fn delete_blobs(&self, hashes: &[[u8; 16]]) -> Result<()> {
-        let mut del = self
-            .tx
-            .prepare_cached("DELETE FROM blobs WHERE hash = ?1")?;
+    pub fn delete_blobs(&mut self, hashes: &[[u8; 16]]) -> Result<()> {
         for h in hashes {
-            del.execute([&h[..]])?;
+            self.delete_blob(h)?;
         }
         Ok(())
     }
@@ -451,8 +618,15 @@ impl Tx<'_> {
         Ok(())
     }
 
+    /// Commits, then brings the value index up to date (only then: a reader that finds a
+    /// rowid there must find its row).
     pub fn commit(self) -> Result<()> {
         self.tx.commit()?;
+        let mut index = self.index.write();
+        for h in &self.removed {
+            index.remove(h);
+        }
+        index.extend(self.added);
         Ok(())
     }
 }
@@ -460,39 +634,21 @@ impl Tx<'_> {
 /// A read-only connection used to read values without going through the writer.
 pub(crate) struct Reader {
     conn: Connection,
-}
-
-/// Every stored value hash, in one scan.
-fn scan_hashes(conn: &Connection) -> Result<std::collections::HashSet<[u8; 16]>> {
-    let mut stmt = conn.prepare("SELECT hash FROM blobs")?;
-    let rows = stmt.query_map([], |r| r.get::<_, Vec<u8>>(0))?;
-    let mut out = std::collections::HashSet::new();
-    for h in rows {
-        // A malformed hash cannot match any key: skipping it only costs a refetch.
-        if let Ok(h) = <[u8; 16]>::try_from(h?.as_slice()) {
-            out.insert(h);
-        }
-    }
-    Ok(out)
+    index: ValueIndex,
 }
 
 impl Reader {
-    /// Every stored value hash (see [`Store::blob_hashes`]), read on this connection.
-    pub fn blob_hashes(&self) -> Result<std::collections::HashSet<[u8; 16]>> {
-        scan_hashes(&self.conn)
-    }
-
     /// Frees this connection's page cache (see [`Store::release_memory`]).
     pub fn release_memory(&self) {
         let _ = self.conn.execute_batch("PRAGMA shrink_memory");
     }
 
+    /// Reads one stored value (committed values only).
     pub fn blob(&self, hash: &[u8]) -> Result<Option<Vec<u8>>> {
-        Ok(self
-            .conn
-            .prepare_cached("SELECT data FROM blobs WHERE hash = ?1")?
-            .query_row([hash], |r| r.get(0))
-            .optional()?)
+        match self.index.rowid(hash) {
+            Some(id) => read_value(&self.conn, id, hash),
+            None => Ok(None),
+        }
     }
 }
 
@@ -532,7 +688,7 @@ mod tests {
     /// A store holding `n` blobs of 1 KB.
     fn store_with_blobs(dir: &Path, n: u32) -> Store {
         let mut store = Store::open(dir, Durability::Process).unwrap();
-        let tx = store.tx().unwrap();
+        let mut tx = store.tx().unwrap();
         for i in 0..n {
             let mut h = [0u8; 16];
             h[..4].copy_from_slice(&i.to_be_bytes());
@@ -550,7 +706,7 @@ mod tests {
         let db = dir.path().join(DB_FILE);
         let full = std::fs::metadata(&db).unwrap().len();
         assert!(full > 2_000_000, "2000 blobs of 1 KB take {full} bytes");
-        let tx = store.tx().unwrap();
+        let mut tx = store.tx().unwrap();
         assert_eq!(tx.retain_blobs(&Default::default()).unwrap(), 2000);
         tx.commit().unwrap();
         store.shrink();
@@ -617,6 +773,175 @@ mod tests {
         assert_eq!(sync_mode(&process), 1);
         process.set_relaxed(false);
         assert_eq!(sync_mode(&process), 1, "Process never becomes FULL");
+    }
+
+    fn rows(store: &Store) -> i64 {
+        store
+            .conn
+            .query_row("SELECT count(*) FROM vals", [], |r| r.get(0))
+            .unwrap()
+    }
+
+    #[test]
+    fn a_value_is_readable_once_its_transaction_committed_and_after_reopen() {
+        let dir = tempfile::tempdir().unwrap();
+        let mut store = Store::open(dir.path(), Durability::Full).unwrap();
+        let reader = store.reader().unwrap();
+        let (h1, h2) = ([1u8; 16], [2u8; 16]);
+        let mut tx = store.tx().unwrap();
+        tx.insert_blob(&h1, b"one").unwrap();
+        // The same value twice (in one transaction, then in the next): one row.
+        tx.insert_blob(&h1, b"one").unwrap();
+        assert_eq!(reader.blob(&h1).unwrap(), None, "not before the commit");
+        tx.commit().unwrap();
+        assert_eq!(reader.blob(&h1).unwrap().as_deref(), Some(&b"one"[..]));
+        let mut tx = store.tx().unwrap();
+        tx.insert_blob(&h1, b"one").unwrap();
+        tx.insert_blob(&h2, b"two").unwrap();
+        tx.commit().unwrap();
+        assert_eq!(rows(&store), 2);
+        assert!(tx_err_on_bad_hash(&mut store));
+        drop((reader, store));
+        let store = Store::open(dir.path(), Durability::Full).unwrap();
+        assert_eq!(store.blob(&h2).unwrap().as_deref(), Some(&b"two"[..]));
+        assert!(store.has_blob(&h1) && !store.has_blob(&[3u8; 16]));
+        let mut seen = Vec::new();
+        store
+            .for_blobs(&[h2, [3u8; 16], h1], |v| {
+                seen.push(v);
+                true
+            })
+            .unwrap();
+        assert_eq!(
+            seen,
+            vec![b"one".to_vec(), b"two".to_vec()],
+            "in stored order"
+        );
+    }
+
+    /// A hash that is not 16 bytes is refused and stores nothing.
+    fn tx_err_on_bad_hash(store: &mut Store) -> bool {
+        let before = rows(store);
+        let mut tx = store.tx().unwrap();
+        let refused = tx.insert_blob(&[1u8; 15], b"x").is_err();
+        tx.commit().unwrap();
+        refused && rows(store) == before
+    }
+
+    #[test]
+    fn a_transaction_that_does_not_commit_leaves_values_and_index_as_they_were() {
+        let dir = tempfile::tempdir().unwrap();
+        let mut store = Store::open(dir.path(), Durability::Full).unwrap();
+        let (kept, dropped) = ([1u8; 16], [2u8; 16]);
+        let mut tx = store.tx().unwrap();
+        tx.insert_blob(&kept, b"kept").unwrap();
+        tx.commit().unwrap();
+        let mut tx = store.tx().unwrap();
+        tx.insert_blob(&dropped, b"dropped").unwrap();
+        tx.delete_blobs(&[kept]).unwrap();
+        drop(tx); // rolled back
+        assert!(store.has_blob(&kept) && !store.has_blob(&dropped));
+        assert_eq!(store.blob(&kept).unwrap().as_deref(), Some(&b"kept"[..]));
+        assert_eq!(rows(&store), 1);
+    }
+
+    #[test]
+    fn a_value_deleted_and_stored_again_in_one_transaction_is_stored() {
+        let dir = tempfile::tempdir().unwrap();
+        let mut store = Store::open(dir.path(), Durability::Full).unwrap();
+        let (h, other) = ([1u8; 16], [2u8; 16]);
+        let mut tx = store.tx().unwrap();
+        tx.insert_blob(&h, b"v").unwrap();
+        tx.insert_blob(&other, b"w").unwrap();
+        tx.commit().unwrap();
+        let mut tx = store.tx().unwrap();
+        tx.delete_blobs(&[h]).unwrap();
+        tx.insert_blob(&h, b"v").unwrap();
+        assert_eq!(tx.retain_blobs(&HashSet::from([h])).unwrap(), 1);
+        tx.commit().unwrap();
+        assert_eq!(store.blob(&h).unwrap().as_deref(), Some(&b"v"[..]));
+        assert!(!store.has_blob(&other));
+        assert_eq!(rows(&store), 1);
+        drop(store);
+        let store = Store::open(dir.path(), Durability::Full).unwrap();
+        assert_eq!(store.blob(&h).unwrap().as_deref(), Some(&b"v"[..]));
+    }
+
+    #[test]
+    fn a_schema_3_store_has_its_values_moved_on_open() {
+        let dir = tempfile::tempdir().unwrap();
+        {
+            // What schema 3 left on disk: values keyed by hash in `blobs`.
+            let conn = Connection::open(dir.path().join(DB_FILE)).unwrap();
+            conn.execute_batch(
+                "CREATE TABLE meta (k TEXT PRIMARY KEY, v BLOB NOT NULL);
+                 CREATE TABLE blobs (hash BLOB PRIMARY KEY, data BLOB NOT NULL) WITHOUT ROWID;",
+            )
+            .unwrap();
+            conn.execute(
+                "INSERT INTO meta(k, v) VALUES ('schema_version', ?1)",
+                [&3i64.to_be_bytes()[..]],
+            )
+            .unwrap();
+            for i in 0..3u8 {
+                conn.execute(
+                    "INSERT INTO blobs(hash, data) VALUES (?1, ?2)",
+                    params![&[i; 16][..], &[i; 5][..]],
+                )
+                .unwrap();
+            }
+        }
+        let store = Store::open(dir.path(), Durability::Full).unwrap();
+        for i in 0..3u8 {
+            assert_eq!(store.blob(&[i; 16]).unwrap(), Some(vec![i; 5]));
+        }
+        assert_eq!(
+            store.meta_i64("schema_version").unwrap(),
+            Some(SCHEMA_VERSION)
+        );
+        let old_table: i64 = store
+            .conn
+            .query_row(
+                "SELECT count(*) FROM sqlite_master WHERE name = 'blobs'",
+                [],
+                |r| r.get(0),
+            )
+            .unwrap();
+        assert_eq!(old_table, 0);
+    }
+
+    #[test]
+    fn a_store_of_an_unknown_schema_is_refused_untouched() {
+        let dir = tempfile::tempdir().unwrap();
+        let db = dir.path().join(DB_FILE);
+        {
+            // A store of a later version, with tables this version does not know.
+            let conn = Connection::open(&db).unwrap();
+            conn.execute_batch(
+                "CREATE TABLE meta (k TEXT PRIMARY KEY, v BLOB NOT NULL);
+                 CREATE TABLE future (x BLOB);",
+            )
+            .unwrap();
+            conn.execute(
+                "INSERT INTO meta(k, v) VALUES ('schema_version', ?1)",
+                [&99i64.to_be_bytes()[..]],
+            )
+            .unwrap();
+        }
+        match Store::open(dir.path(), Durability::Full) {
+            Err(Error::Corrupt { detail, .. }) => assert!(detail.contains("99"), "{detail}"),
+            Err(e) => panic!("expected Corrupt, got {e}"),
+            Ok(_) => panic!("schema 99 opened"),
+        }
+        let conn = Connection::open(&db).unwrap();
+        let tables: Vec<String> = conn
+            .prepare("SELECT name FROM sqlite_master WHERE type = 'table' ORDER BY name")
+            .unwrap()
+            .query_map([], |r| r.get(0))
+            .unwrap()
+            .collect::<rusqlite::Result<_>>()
+            .unwrap();
+        assert_eq!(tables, ["future", "meta"], "no table was added");
     }
 
     #[test]
