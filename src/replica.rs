@@ -823,7 +823,7 @@ impl Replica {
             self.drop_misbehaving(std::mem::take(&mut fx.bad));
             return self.fail_batch(fx, &e);
         }
-        let local_change = self.doc.commit();
+        self.doc.commit();
         // A whole document loaded into the empty replica is stored as the snapshot it is; only
         // changes after it (if any came in the same batch) are extracted.
         let loaded = fx.loaded.take();
@@ -845,12 +845,14 @@ impl Replica {
         } else {
             self.doc.changes_since(&base_heads)
         };
+        // This batch's local writes are usually one change. They are several when a peer's
+        // change or sync message was applied between them: automerge then closes the local
+        // transaction early. Every part is pushed, or peers would hold later parts back as a
+        // gap until a sync round brought the missing one (W3 of BENCHMARKS.md: up to 300 gaps
+        // in 50k writes, each answered by sync rounds that split more changes).
+        let (own, remote): (Vec<&automerge::Change>, Vec<&automerge::Change>) =
+            new_changes.iter().partition(|c| self.doc.is_own(c));
         // Keys touched by peers: decode each change, or rescan everything after a bulk load.
-        let local_hash = local_change.as_ref().map(|c| c.hash());
-        let remote: Vec<_> = new_changes
-            .iter()
-            .filter(|c| Some(c.hash()) != local_hash)
-            .collect();
         if remote.len() > RESCAN_THRESHOLD || unasked {
             fx.rescan = Some(self.me);
         } else {
@@ -975,12 +977,12 @@ impl Replica {
         // Durable: tell others first (replication latency runs from here: BENCHMARKS.md, W2),
         // then make it visible (so a writer reads its own write as soon as it returns) and
         // acknowledge.
-        if let Some(change) = &local_change {
+        if !own.is_empty() {
             let mut peers = self.in_step_peers();
             if let Some(last) = peers.pop() {
                 let msg = DataMsg::Push {
                     epoch: self.coord.epoch(),
-                    changes: vec![change.raw_bytes().to_vec()],
+                    changes: own.iter().map(|c| c.raw_bytes().to_vec()).collect(),
                     values: local_values.iter().map(|(_, v)| v.clone()).collect(),
                 };
                 for p in peers {
@@ -1840,6 +1842,94 @@ mod tests {
 
     async fn node(dir: &std::path::Path, peers: &[String]) -> Swarm {
         test_node(dir, "replica-tests", peers).await
+    }
+
+    /// A batch with a peer's change between two local writes: automerge closes the local
+    /// transaction at the peer's change, so the writes make two changes. Both are pushed (in
+    /// one message): a peer that got only the second would hold it back as a gap until a sync
+    /// round brought the first.
+    #[test]
+    fn every_local_change_of_a_batch_is_pushed_when_a_peers_change_splits_them() {
+        use super::{Command, DataMsg, Replica, ReplicaConfig, WriteOp};
+        use crate::doc::{value_hash, KvDoc};
+        use crate::history::EpochId;
+        use std::sync::Arc;
+        use tokio::sync::{broadcast, mpsc, oneshot, Semaphore};
+
+        let dir = tempfile::tempdir().unwrap();
+        let (own_tx, _own_rx) = mpsc::channel(16);
+        let (misbehaved, _) = mpsc::unbounded_channel();
+        let cfg = ReplicaConfig {
+            dir: dir.path().to_path_buf(),
+            durability: crate::Durability::Process,
+            events: broadcast::channel(16).0,
+            misbehaved,
+            policy: Default::default(),
+        };
+        let (mut a, _) = Replica::open(cfg, own_tx.downgrade()).unwrap();
+        let b: super::NodeBytes = [0xBB; 32];
+        let budget = Arc::new(Semaphore::new(1 << 20));
+        let from_b = |msg| Command::FromPeer {
+            peer: b,
+            conn_id: 1,
+            msg,
+            _permit: budget.clone().try_acquire_owned().unwrap(),
+        };
+        let write = |key: &str, value: &[u8]| {
+            let (reply, _) = oneshot::channel();
+            Command::Write {
+                ops: vec![WriteOp::Put {
+                    key: key.into(),
+                    value: value.to_vec(),
+                }],
+                reply,
+            }
+        };
+        // B connects and is in the same epoch.
+        let (to_b, mut sent_to_b) = mpsc::channel(64);
+        a.process(vec![
+            Command::PeerUp {
+                peer: b,
+                conn_id: 1,
+                tx: to_b,
+            },
+            from_b(DataMsg::Epoch {
+                epoch: EpochId::ZERO,
+            }),
+        ]);
+        // B's own write, pushed to A between two of A's writes.
+        let mut b_doc = KvDoc::new(&b);
+        b_doc.put("from-b", &value_hash(b"vb"), 1).unwrap();
+        let b_change = b_doc.commit().unwrap();
+        a.process(vec![
+            write("a1", b"v1"),
+            from_b(DataMsg::Push {
+                epoch: EpochId::ZERO,
+                changes: vec![b_change.raw_bytes().to_vec()],
+                values: vec![b"vb".to_vec()],
+            }),
+            write("a2", b"v2"),
+        ]);
+        let mut pushed = Vec::new();
+        while let Ok(msg) = sent_to_b.try_recv() {
+            if let DataMsg::Push { changes, .. } = msg {
+                pushed.extend(changes);
+            }
+        }
+        assert_eq!(
+            pushed.len(),
+            2,
+            "both parts of the batch's writes are pushed"
+        );
+        let changes = pushed
+            .into_iter()
+            .map(|c| automerge::Change::from_bytes(c).unwrap())
+            .collect();
+        b_doc.apply_changes(changes).unwrap();
+        assert!(!b_doc.has_missing_deps(), "B holds nothing back");
+        for key in ["a1", "a2", "from-b"] {
+            assert!(b_doc.get(key).is_some(), "{key} is on B");
+        }
     }
 
     #[test]

@@ -309,6 +309,11 @@ impl KvDoc {
         self.put(key, &entry.hash, entry.hlc)
     }
 
+    /// Whether this replica made `change` (since it was loaded: every load takes a new actor).
+    pub fn is_own(&self, change: &Change) -> bool {
+        change.actor_id() == self.doc.get_actor()
+    }
+
     /// Commits the open transaction; returns the change it made, if any.
     pub fn commit(&mut self) -> Option<Change> {
         // Automerge's commit opens a transaction first when none is open, which costs more than
