@@ -880,20 +880,19 @@ impl Replica {
             fx.winners = Some(winners);
         }
 
+        // A batch that acknowledges nothing to anyone (no local write, term, compaction or
+        // shutdown: peers' changes and values only) need not wait for the disk: see
+        // `Store::sync`.
+        let relaxed = fx.acks.is_empty()
+            && fx.terms.is_empty()
+            && fx.compact.is_empty()
+            && fx.shutdown.is_none();
         // One transaction for the whole batch.
         let commit = (|| -> Result<Persisted> {
             if let Some(e) = &doc_error {
                 return Err(Error::Storage(format!("document rejected the write: {e}")));
             }
             let compact_now = !fx.compact.is_empty();
-            // A batch that acknowledges nothing to anyone (no local write, term, compaction or
-            // shutdown: peers' changes and values only) need not wait for the disk: see
-            // `Store::set_relaxed`.
-            let relaxed = fx.acks.is_empty()
-                && fx.terms.is_empty()
-                && fx.compact.is_empty()
-                && fx.shutdown.is_none();
-            self.store.set_relaxed(relaxed);
             let mut tx = self.store.tx()?;
             for (h, v) in &local_values {
                 tx.insert_blob(h, v)?;
@@ -947,7 +946,7 @@ impl Replica {
                 .map(|(_, v)| v.len() as u64)
                 .chain(new_changes.iter().map(|c| c.raw_bytes().len() as u64))
                 .sum::<u64>();
-            tx.commit()?;
+            tx.commit_unsynced()?;
             Ok(persisted)
         })();
 
@@ -974,9 +973,11 @@ impl Replica {
             }
         }
 
-        // Durable: tell others first (replication latency runs from here: BENCHMARKS.md, W2),
-        // then make it visible (so a writer reads its own write as soon as it returns) and
-        // acknowledge.
+        // Committed: tell others first (replication latency runs from here: BENCHMARKS.md,
+        // W2), while the disk syncs the commit; then make it visible (so a writer reads its own
+        // write as soon as it returns) and acknowledge once it is durable. Peers may hold a
+        // change that a power loss takes from this node: it comes back from them by sync, like
+        // any write that was never acknowledged.
         if !own.is_empty() {
             let mut peers = self.in_step_peers();
             if let Some(last) = peers.pop() {
@@ -991,12 +992,16 @@ impl Replica {
                 self.send(last, msg, true);
             }
         }
+        let durable = if relaxed { Ok(()) } else { self.store.sync() };
+        if let Err(e) = &durable {
+            warn!("{e}");
+        }
         self.refresh_view(&mut fx, &local_values, &incoming_values);
         for a in fx.acks.drain(..) {
-            let _ = a.send(Ok(()));
+            let _ = a.send(durable.as_ref().map_err(clone_err).copied());
         }
         for (_, a) in fx.terms.drain(..) {
-            let _ = a.send(Ok(()));
+            let _ = a.send(durable.as_ref().map_err(clone_err).copied());
         }
         for (peer, msg) in std::mem::take(&mut fx.replies) {
             self.send(peer, msg, false);
@@ -1047,7 +1052,7 @@ impl Replica {
         self.run_actions();
         // After the actions: on the leader, `compact()` returns with the new epoch in place.
         for a in fx.compact.drain(..) {
-            let _ = a.send(Ok(()));
+            let _ = a.send(durable.as_ref().map_err(clone_err).copied());
         }
         if let Some(s) = fx.shutdown {
             let _ = s.send(());
@@ -1314,7 +1319,6 @@ impl Replica {
         let snap = new.save();
         let mut keep = new.visible_hashes();
         keep.extend(self.view.hashes());
-        self.store.set_relaxed(false);
         let result = (|| -> Result<usize> {
             let mut tx = self.store.tx()?;
             tx.replace_snapshot(&snap)?;
@@ -1754,7 +1758,6 @@ impl Replica {
     }
 
     fn persist_all_sync(&mut self) -> Result<()> {
-        self.store.set_relaxed(false);
         let tx = self.store.tx()?;
         for (peer, link) in &self.peers {
             tx.set_peer_sync(peer, &link.sync.persisted())?;

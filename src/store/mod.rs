@@ -32,9 +32,10 @@ use crate::error::{Error, Result};
 /// How durable an acknowledged write is.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
 pub enum Durability {
-    /// A write that returned survives power loss (`PRAGMA synchronous=FULL`). The default.
-    /// Changes that only arrived from peers are committed without the sync: a power loss may
-    /// roll the newest of them back, and the next sync with a peer fetches them again.
+    /// A write that returned survives power loss: the write-ahead log is synced to disk after
+    /// the commit, before the write is acknowledged (what `PRAGMA synchronous=FULL` does). The
+    /// default. Changes that only arrived from peers are committed without the sync: a power
+    /// loss may roll the newest of them back, and the next sync with a peer fetches them again.
     #[default]
     Full,
     /// A write that returned survives a crash of the process, not of the machine
@@ -118,8 +119,6 @@ pub(crate) struct Store {
     conn: Connection,
     index: ValueIndex,
     durability: Durability,
-    /// Whether the connection is switched to `synchronous=NORMAL` for the next transaction.
-    relaxed: bool,
     dir: PathBuf,
     db_path: PathBuf,
     /// Held (and locked) while the store is open; released when dropped.
@@ -201,11 +200,11 @@ impl Store {
             .map_err(|e| corrupt(e.to_string()))?;
         conn.pragma_update(None, "journal_mode", "WAL")
             .map_err(|e| corrupt(e.to_string()))?;
-        let sync = match durability {
-            Durability::Full => "FULL",
-            Durability::Process => "NORMAL",
-        };
-        conn.pragma_update(None, "synchronous", sync)?;
+        // Commits write the log without syncing it; under `Durability::Full` the log is synced
+        // after the commit instead ([`Store::sync`]), so that the replica can send a change to
+        // its peers while the disk syncs it (BENCHMARKS.md, W2). Checkpoints sync the log
+        // before they copy it into the database either way.
+        conn.pragma_update(None, "synchronous", "NORMAL")?;
         // SQLite's default 2 MB page cache thrashed in bulk catch-ups when values were keyed
         // by hash (schema 3); it still helps reads of many values. The cache grows only as
         // pages are used.
@@ -219,7 +218,6 @@ impl Store {
             conn,
             index: ValueIndex::default(),
             durability,
-            relaxed: false,
             dir: dir.to_path_buf(),
             db_path,
             _lock: lock,
@@ -275,7 +273,7 @@ impl Store {
             [&SCHEMA_VERSION.to_be_bytes()[..]],
         )?;
         tx.commit()?;
-        Ok(())
+        self.sync()
     }
 
     /// Builds an error that says the stored data cannot be used.
@@ -311,7 +309,7 @@ impl Store {
             "INSERT INTO meta(k, v) VALUES (?1, ?2) ON CONFLICT(k) DO UPDATE SET v = excluded.v",
             params![k, v],
         )?;
-        Ok(())
+        self.sync()
     }
 
     /// The node's 32-byte secret key, created (randomly) and stored on first use.
@@ -461,26 +459,27 @@ impl Store {
         let _ = self.conn.execute_batch("PRAGMA shrink_memory");
     }
 
-    /// Chooses how the next transactions are synced. `relaxed` commits skip the fsync
-    /// (`synchronous=NORMAL`) even under [`Durability::Full`]; the replica uses it for batches
-    /// that acknowledge nothing (only changes and values from peers). This is safe because in
-    /// WAL mode a power loss can only cut a suffix of the log: the next full commit syncs every
-    /// earlier frame with it, and a lost suffix of peers' changes is fetched again by sync, the
-    /// same as under [`Durability::Process`]. No acknowledged write depends on a relaxed commit.
-    pub fn set_relaxed(&mut self, relaxed: bool) {
-        if self.durability != Durability::Full || self.relaxed == relaxed {
-            return;
-        }
-        let mode = if relaxed { "NORMAL" } else { "FULL" };
-        if self.conn.pragma_update(None, "synchronous", mode).is_ok() {
-            self.relaxed = relaxed;
-        }
+    /// Under [`Durability::Full`], syncs every commit made so far to disk (the write-ahead
+    /// log, where commits go); does nothing under [`Durability::Process`].
+    ///
+    /// [`Tx::commit`] calls it. The replica instead commits with [`Tx::commit_unsynced`],
+    /// sends its peers the changes, then calls this before it acknowledges anything; batches
+    /// that acknowledge nothing (only changes and values from peers) skip it. That is safe
+    /// because in WAL mode a power loss can only cut a suffix of the log: the next sync covers
+    /// every earlier commit, and a lost suffix of peers' changes is fetched again by sync.
+    ///
+    /// An error means the disk did not confirm the commits: they may or may not survive a
+    /// power loss.
+    pub fn sync(&self) -> Result<()> {
+        sync_log(self.durability, &self.db_path)
     }
 
     /// Starts a transaction: every write of one group commit goes through one.
     pub fn tx(&mut self) -> Result<Tx<'_>> {
         Ok(Tx {
             tx: self.conn.transaction()?,
+            durability: self.durability,
+            db_path: &self.db_path,
             index: &self.index,
             added: HashMap::new(),
             removed: HashSet::new(),
@@ -491,6 +490,8 @@ impl Store {
 /// One write transaction (one group commit).
 pub(crate) struct Tx<'a> {
     tx: rusqlite::Transaction<'a>,
+    durability: Durability,
+    db_path: &'a Path,
     index: &'a ValueIndex,
     /// Values inserted in this transaction (hash to rowid): the index learns them on commit.
     added: HashMap<Hash, i64>,
@@ -618,9 +619,17 @@ impl Tx<'_> {
         Ok(())
     }
 
-    /// Commits, then brings the value index up to date (only then: a reader that finds a
-    /// rowid there must find its row).
+    /// Commits, and under [`Durability::Full`] syncs the commit to disk (see [`Store::sync`]).
     pub fn commit(self) -> Result<()> {
+        let (durability, db_path) = (self.durability, self.db_path);
+        self.commit_unsynced()?;
+        sync_log(durability, db_path)
+    }
+
+    /// Commits without waiting for the disk: the caller calls [`Store::sync`] before it
+    /// acknowledges anything that depends on the commit. Then brings the value index up to date
+    /// (only then: a reader that finds a rowid there must find its row).
+    pub fn commit_unsynced(self) -> Result<()> {
         self.tx.commit()?;
         let mut index = self.index.write();
         for h in &self.removed {
@@ -629,6 +638,32 @@ impl Tx<'_> {
         index.extend(self.added);
         Ok(())
     }
+}
+
+/// Syncs the write-ahead log of the database at `db_path` (see [`Store::sync`]): what
+/// `synchronous=FULL` does at every commit. fsync acts on the file, whichever descriptor it
+/// is called through.
+fn sync_log(durability: Durability, db_path: &Path) -> Result<()> {
+    if durability != Durability::Full {
+        return Ok(());
+    }
+    #[cfg(test)]
+    tests::SYNCS.with(|n| n.set(n.get() + 1));
+    let mut log = db_path.as_os_str().to_owned();
+    log.push("-wal");
+    let synced = match File::open(&log) {
+        Ok(f) => f.sync_data(),
+        // No log (a checkpoint that truncated it removes nothing, but be exact): nothing is
+        // waiting in it.
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(()),
+        Err(e) => Err(e),
+    };
+    synced.map_err(|e| {
+        Error::Storage(format!(
+            "the disk did not confirm the write ({e}): it is stored, but may not survive a \
+             power loss"
+        ))
+    })
 }
 
 /// A read-only connection used to read values without going through the writer.
@@ -754,25 +789,40 @@ mod tests {
         assert_eq!(n, 4000 * 1000);
     }
 
+    thread_local! {
+        /// Log syncs made by this thread (see `sync_log`).
+        pub(super) static SYNCS: std::cell::Cell<usize> = const { std::cell::Cell::new(0) };
+    }
+
     #[test]
-    fn relaxed_commits_apply_only_under_full_durability_and_switch_back() {
-        let sync_mode = |s: &Store| -> i64 {
-            s.conn
-                .query_row("PRAGMA synchronous", [], |r| r.get(0))
-                .unwrap()
-        };
+    fn commits_are_synced_only_under_full_durability_and_only_when_asked() {
+        let syncs = || SYNCS.with(|n| n.get());
         let dir = tempfile::tempdir().unwrap();
         let mut full = Store::open(dir.path(), Durability::Full).unwrap();
-        assert_eq!(sync_mode(&full), 2, "FULL");
-        full.set_relaxed(true);
-        assert_eq!(sync_mode(&full), 1, "NORMAL while relaxed");
-        full.set_relaxed(false);
-        assert_eq!(sync_mode(&full), 2, "FULL again");
+        let mode: i64 = full
+            .conn
+            .query_row("PRAGMA synchronous", [], |r| r.get(0))
+            .unwrap();
+        assert_eq!(mode, 1, "SQLite itself never syncs at commit (NORMAL)");
+        let before = syncs();
+        let mut tx = full.tx().unwrap();
+        tx.insert_blob(&[1; 16], b"v").unwrap();
+        tx.commit().unwrap();
+        assert_eq!(syncs(), before + 1, "commit syncs");
+        let mut tx = full.tx().unwrap();
+        tx.insert_blob(&[2; 16], b"w").unwrap();
+        tx.commit_unsynced().unwrap();
+        assert_eq!(syncs(), before + 1, "commit_unsynced does not");
+        full.sync().unwrap();
+        assert_eq!(syncs(), before + 2);
         drop(full);
         let mut process = Store::open(dir.path(), Durability::Process).unwrap();
-        assert_eq!(sync_mode(&process), 1);
-        process.set_relaxed(false);
-        assert_eq!(sync_mode(&process), 1, "Process never becomes FULL");
+        let before = syncs();
+        let tx = process.tx().unwrap();
+        tx.commit().unwrap();
+        process.sync().unwrap();
+        assert_eq!(syncs(), before, "Process never syncs");
+        assert_eq!(process.blob(&[2; 16]).unwrap().as_deref(), Some(&b"w"[..]));
     }
 
     fn rows(store: &Store) -> i64 {
