@@ -823,7 +823,7 @@ impl Replica {
             self.drop_misbehaving(std::mem::take(&mut fx.bad));
             return self.fail_batch(fx, &e);
         }
-        self.doc.commit();
+        self.doc.commit_pending();
         // A whole document loaded into the empty replica is stored as the snapshot it is; only
         // changes after it (if any came in the same batch) are extracted.
         let loaded = fx.loaded.take();
@@ -996,12 +996,14 @@ impl Replica {
         if let Err(e) = &durable {
             warn!("{e}");
         }
+        // What every acknowledgement of this batch says.
+        let answer = || durable.as_ref().map_err(clone_err).copied();
         self.refresh_view(&mut fx, &local_values, &incoming_values);
         for a in fx.acks.drain(..) {
-            let _ = a.send(durable.as_ref().map_err(clone_err).copied());
+            let _ = a.send(answer());
         }
         for (_, a) in fx.terms.drain(..) {
-            let _ = a.send(durable.as_ref().map_err(clone_err).copied());
+            let _ = a.send(answer());
         }
         for (peer, msg) in std::mem::take(&mut fx.replies) {
             self.send(peer, msg, false);
@@ -1052,7 +1054,7 @@ impl Replica {
         self.run_actions();
         // After the actions: on the leader, `compact()` returns with the new epoch in place.
         for a in fx.compact.drain(..) {
-            let _ = a.send(durable.as_ref().map_err(clone_err).copied());
+            let _ = a.send(answer());
         }
         if let Some(s) = fx.shutdown {
             let _ = s.send(());
@@ -1308,7 +1310,7 @@ impl Replica {
                 return;
             }
         }
-        new.commit();
+        new.commit_pending();
         self.switch(new, st.epoch, carried.len());
     }
 

@@ -121,6 +121,8 @@ pub(crate) struct Store {
     durability: Durability,
     dir: PathBuf,
     db_path: PathBuf,
+    /// The write-ahead log next to `db_path`, which [`Store::sync`] syncs.
+    log_path: PathBuf,
     /// Held (and locked) while the store is open; released when dropped.
     _lock: File,
 }
@@ -219,6 +221,7 @@ impl Store {
             index: ValueIndex::default(),
             durability,
             dir: dir.to_path_buf(),
+            log_path: dir.join(format!("{DB_FILE}-wal")),
             db_path,
             _lock: lock,
         };
@@ -471,7 +474,7 @@ impl Store {
     /// An error means the disk did not confirm the commits: they may or may not survive a
     /// power loss.
     pub fn sync(&self) -> Result<()> {
-        sync_log(self.durability, &self.db_path)
+        sync_log(self.durability, &self.log_path)
     }
 
     /// Starts a transaction: every write of one group commit goes through one.
@@ -479,7 +482,7 @@ impl Store {
         Ok(Tx {
             tx: self.conn.transaction()?,
             durability: self.durability,
-            db_path: &self.db_path,
+            log_path: &self.log_path,
             index: &self.index,
             added: HashMap::new(),
             removed: HashSet::new(),
@@ -491,7 +494,7 @@ impl Store {
 pub(crate) struct Tx<'a> {
     tx: rusqlite::Transaction<'a>,
     durability: Durability,
-    db_path: &'a Path,
+    log_path: &'a Path,
     index: &'a ValueIndex,
     /// Values inserted in this transaction (hash to rowid): the index learns them on commit.
     added: HashMap<Hash, i64>,
@@ -621,9 +624,9 @@ impl Tx<'_> {
 
     /// Commits, and under [`Durability::Full`] syncs the commit to disk (see [`Store::sync`]).
     pub fn commit(self) -> Result<()> {
-        let (durability, db_path) = (self.durability, self.db_path);
+        let (durability, log_path) = (self.durability, self.log_path);
         self.commit_unsynced()?;
-        sync_log(durability, db_path)
+        sync_log(durability, log_path)
     }
 
     /// Commits without waiting for the disk: the caller calls [`Store::sync`] before it
@@ -640,21 +643,17 @@ impl Tx<'_> {
     }
 }
 
-/// Syncs the write-ahead log of the database at `db_path` (see [`Store::sync`]): what
-/// `synchronous=FULL` does at every commit. fsync acts on the file, whichever descriptor it
-/// is called through.
-fn sync_log(durability: Durability, db_path: &Path) -> Result<()> {
+/// Syncs the write-ahead log at `log_path` (see [`Store::sync`]): what `synchronous=FULL`
+/// does at every commit. fsync acts on the file, whichever descriptor it is called through.
+fn sync_log(durability: Durability, log_path: &Path) -> Result<()> {
     if durability != Durability::Full {
         return Ok(());
     }
     #[cfg(test)]
     tests::SYNCS.with(|n| n.set(n.get() + 1));
-    let mut log = db_path.as_os_str().to_owned();
-    log.push("-wal");
-    let synced = match File::open(&log) {
+    let synced = match File::open(log_path) {
         Ok(f) => f.sync_data(),
-        // No log (a checkpoint that truncated it removes nothing, but be exact): nothing is
-        // waiting in it.
+        // SQLite keeps the log while the store is open; without one, no commit waits in it.
         Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(()),
         Err(e) => Err(e),
     };
