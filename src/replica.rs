@@ -128,9 +128,24 @@ pub(crate) struct ReadView {
     map: RwLock<BTreeMap<String, ValueHash>>,
     reader: Mutex<Reader>,
     epoch: Mutex<EpochId>,
+    /// Commits (of a batch or of an epoch switch) that failed since the replica opened.
+    failed_commits: std::sync::atomic::AtomicU64,
 }
 
 impl ReadView {
+    /// How many commits failed since the replica opened (each one was recovered from, or is
+    /// being retried). Tests wait on it to know that an injected fault was hit.
+    #[cfg(test)]
+    pub fn failed_commits(&self) -> u64 {
+        self.failed_commits
+            .load(std::sync::atomic::Ordering::Relaxed)
+    }
+
+    fn count_failed_commit(&self) {
+        self.failed_commits
+            .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+    }
+
     /// The epoch of the document.
     pub fn epoch(&self) -> EpochId {
         *self.epoch.lock().unwrap_or_else(|p| p.into_inner())
@@ -308,6 +323,10 @@ struct Replica {
     change_bytes: usize,
     /// Stamps every local write; runs ahead of every stamp seen.
     hlc: Hlc,
+    /// A commit failed and the document could not be reloaded from the store since: the
+    /// in-memory document may hold changes the store lacks, so nothing may use it until a
+    /// reload succeeds (tried again at the start of every batch).
+    stale: bool,
     /// The epoch protocol.
     coord: Coordinator,
     staging: Option<Staging>,
@@ -508,6 +527,7 @@ impl Replica {
             map: RwLock::new(map),
             reader: Mutex::new(reader),
             epoch: Mutex::new(epoch),
+            failed_commits: Default::default(),
         });
         let replica = Replica {
             store,
@@ -525,6 +545,7 @@ impl Replica {
             snapshot_len,
             change_bytes,
             hlc,
+            stale: false,
             coord: Coordinator::new(me, epoch, cfg.policy),
             staging: None,
             loading: None,
@@ -675,6 +696,9 @@ impl Replica {
 
     /// Applies a batch; returns true when the replica must stop.
     fn process(&mut self, batch: Vec<Command>) -> bool {
+        if self.stale {
+            self.reload_document("an earlier failed commit");
+        }
         let mut fx = Effects::default();
         let heads_before = self.doc.heads();
         let mut local_values: Vec<(ValueHash, Vec<u8>)> = Vec::new();
@@ -693,7 +717,7 @@ impl Replica {
             match cmd {
                 // A document broken earlier in this batch is not touched again: the batch
                 // fails as a whole (see below).
-                Command::Write { reply, .. } if self.doc.is_broken() => fx.acks.push(reply),
+                Command::Write { reply, .. } if self.doc_unusable() => fx.acks.push(reply),
                 Command::Write { ops, reply } => {
                     for op in ops {
                         let r = match op {
@@ -778,7 +802,7 @@ impl Replica {
                     peer, conn_id, msg, ..
                 } => {
                     let current = self.peers.get(&peer).is_some_and(|l| l.conn_id == conn_id);
-                    if current && !self.doc.is_broken() {
+                    if current && !self.doc_unusable() {
                         self.handle_peer_msg(peer, msg, &mut fx, &mut incoming_values);
                     }
                 }
@@ -810,6 +834,16 @@ impl Replica {
             }
         }
 
+        if self.stale {
+            // The store is still failing: nothing was applied, writes are refused.
+            let e = Error::Storage(
+                "the replica cannot reload its document from the database after a failed \
+                 commit (see the earlier error); the write was not made, retry it once storage \
+                 works again"
+                    .into(),
+            );
+            return self.fail_batch(fx, &e);
+        }
         if self.doc.is_broken() {
             // Automerge panicked on a peer's input (that peer is reported as misbehaving): the
             // in-memory document may be half-changed, so the whole batch is dropped and the
@@ -969,6 +1003,7 @@ impl Replica {
             }
             Err(e) => {
                 warn!("commit failed: {e}");
+                self.view.count_failed_commit();
                 return self.fail_batch(fx, &e);
             }
         }
@@ -1051,10 +1086,14 @@ impl Replica {
             }
             self.work_at_tick = self.work;
         }
-        self.run_actions();
-        // After the actions: on the leader, `compact()` returns with the new epoch in place.
+        let cut_failed = self.run_actions();
+        // After the actions: on the leader, `compact()` returns with the new epoch in place,
+        // or with the reason it could not be stored.
         for a in fx.compact.drain(..) {
-            let _ = a.send(answer());
+            let _ = a.send(match &cut_failed {
+                Some(e) => Err(clone_err(e)),
+                None => answer(),
+            });
         }
         if let Some(s) = fx.shutdown {
             let _ = s.send(());
@@ -1087,6 +1126,18 @@ impl Replica {
             }
             DataMsg::CompactRequest => {
                 self.coord.request(self.leading);
+                return;
+            }
+            DataMsg::Resync => {
+                // The peer went back to its stored document (see `reload_document`): what our
+                // sync state says it has, or was sent, may be gone. Start afresh, now.
+                debug!(peer = %node_id_string(&peer), "peer asked for a fresh sync");
+                link.sync = PeerSync::new(None);
+                link.values_pushed = false;
+                if let Some(st) = self.staging.as_mut().filter(|st| st.from == peer) {
+                    st.sync = PeerSync::new(None);
+                }
+                fx.poll.insert(peer);
                 return;
             }
             DataMsg::Push { epoch: theirs, .. } | DataMsg::Sync { epoch: theirs, .. } => {
@@ -1250,8 +1301,10 @@ impl Replica {
         }
     }
 
-    /// Carries out what the epoch protocol asks for.
-    fn run_actions(&mut self) {
+    /// Carries out what the epoch protocol asks for. Returns the error of a new epoch this
+    /// replica cut but could not store (a `compact()` caller hears of it).
+    fn run_actions(&mut self) -> Option<Error> {
+        let mut failed = None;
         while let Some(action) = self.coord.poll_action() {
             match action {
                 Action::Announce { to } => {
@@ -1272,18 +1325,28 @@ impl Replica {
                     });
                     self.poll_staging();
                 }
-                Action::Cut { epoch } => self.cut(epoch),
+                Action::Cut { epoch } => {
+                    if let Err(e) = self.cut(epoch) {
+                        failed = Some(e);
+                    }
+                }
             }
         }
+        failed
     }
 
     /// Starts epoch `epoch` from this replica's state (it leads).
-    fn cut(&mut self, epoch: EpochId) {
+    fn cut(&mut self, epoch: EpochId) -> Result<()> {
         let entries =
             history::genesis_entries(self.doc.all_entries(), self.coord.policy(), Hlc::wall_ms());
         match KvDoc::genesis(&epoch, &entries, &self.me) {
             Ok(new) => self.switch(new, epoch, 0),
-            Err(e) => warn!("cannot build the genesis of {epoch:?}: {e}"),
+            Err(e) => {
+                warn!("cannot build the genesis of {epoch:?}: {e}");
+                Err(Error::Storage(format!(
+                    "cannot build the genesis of a new epoch: {e}"
+                )))
+            }
         }
     }
 
@@ -1311,12 +1374,18 @@ impl Replica {
             }
         }
         new.commit_pending();
-        self.switch(new, st.epoch, carried.len());
+        // A failure is logged and retried (see `switch`).
+        let _ = self.switch(new, st.epoch, carried.len());
     }
 
     /// Replaces the document with `new`, the document of `epoch`, in one transaction: the old
     /// history, its sync states and the values only it referenced are gone.
-    fn switch(&mut self, mut new: KvDoc, epoch: EpochId, carried: usize) {
+    ///
+    /// If the store cannot commit it, nothing changes (the old document stays, in memory and
+    /// on disk) and the epoch protocol fetches the epoch again later
+    /// ([`Coordinator::switch_failed`]): a failed switch must not make the replica give up
+    /// on the peers that are in the new epoch.
+    fn switch(&mut self, mut new: KvDoc, epoch: EpochId, carried: usize) -> Result<()> {
         let bytes_before = (self.snapshot_len + self.change_bytes) as u64;
         let snap = new.save();
         let mut keep = new.visible_hashes();
@@ -1332,9 +1401,10 @@ impl Replica {
         let dropped = match result {
             Ok(d) => d,
             Err(e) => {
-                warn!("cannot switch to epoch {epoch:?}: {e}");
-                self.coord.staging_failed();
-                return;
+                warn!("cannot switch to epoch {epoch:?}, will try again: {e}");
+                self.view.count_failed_commit();
+                self.coord.switch_failed(self.started.elapsed());
+                return Err(e);
             }
         };
         self.store.shrink();
@@ -1370,6 +1440,7 @@ impl Replica {
             bytes_after: snap.len() as u64,
         });
         self.coord.switched(epoch, self.started.elapsed());
+        Ok(())
     }
 
     /// Brings the view up to date with the document after a commit, and emits events.
@@ -1716,7 +1787,8 @@ impl Replica {
     /// Ends a batch whose changes could not be made durable: reloads the document from the
     /// store and answers every caller with the error. Returns true when the replica must stop.
     fn fail_batch(&mut self, fx: Effects, e: &Error) -> bool {
-        self.recover_from_failed_commit(e);
+        self.reload_document(e);
+        self.drop_misbehaving(fx.bad);
         for a in fx.acks {
             let _ = a.send(Err(clone_err(e)));
         }
@@ -1733,29 +1805,62 @@ impl Replica {
         false
     }
 
+    /// Whether the in-memory document must not be used (see [`Replica::stale`]).
+    fn doc_unusable(&self) -> bool {
+        self.stale || self.doc.is_broken()
+    }
+
     /// After a failed commit the in-memory document may hold changes that are not on disk:
-    /// reload it from the database, which is the truth.
-    fn recover_from_failed_commit(&mut self, e: &Error) {
+    /// reload it from the database, which is the truth, and resynchronise with every peer.
+    ///
+    /// Reloading alone is not enough. The changes that did not commit were received (pushed,
+    /// or sent by a sync round) and are now gone from this replica, but both sync states
+    /// still count them as delivered: ours may list them among the heads we share, and the
+    /// sender's automerge state remembers having sent them and never sends them again. Left
+    /// so, the replica would stop applying that peer's changes for good (every later change
+    /// depends on the lost ones), with every link still up. So both sides start afresh: our
+    /// states for every peer, the persisted ones reread from the store, and each peer is told
+    /// (`DataMsg::Resync`) to do the same and to sync with us at once.
+    ///
+    /// If the store cannot even be read, the replica is marked [`Replica::stale`] and tries
+    /// again at the start of every batch; until then it refuses writes and peers' changes.
+    fn reload_document(&mut self, cause: impl std::fmt::Display) {
         // Pending keys recorded against the in-memory document must be looked up again.
         self.doc_gen += 1;
-        match self.store.load_doc() {
-            Ok(stored) => {
-                match KvDoc::load(
-                    stored.snapshot.as_deref(),
-                    &stored.changes,
-                    &self.me,
-                    &self.coord.epoch(),
-                ) {
-                    Ok(doc) => {
-                        self.doc = doc;
-                        self.peers.values_mut().for_each(|l| {
-                            l.sync = PeerSync::new(Some(&l.sync.persisted()));
-                        });
-                    }
-                    Err(le) => warn!("reload after failed commit ({e}) failed: {le}"),
+        let reloaded = self.store.load_doc().and_then(|stored| {
+            KvDoc::load(
+                stored.snapshot.as_deref(),
+                &stored.changes,
+                &self.me,
+                &self.coord.epoch(),
+            )
+            .map_err(|le| self.store.corrupt(le))
+        });
+        let doc = match reloaded {
+            Ok(doc) => doc,
+            Err(le) => {
+                if !self.stale {
+                    warn!("reload after a failed commit ({cause}) failed, will retry: {le}");
                 }
+                self.stale = true;
+                return;
             }
-            Err(le) => warn!("reload after failed commit ({e}) failed: {le}"),
+        };
+        warn!("recovered from a failed commit ({cause}): reloaded the stored document, resyncing with every peer");
+        self.doc = doc;
+        self.stale = false;
+        match self.store.peer_sync_states() {
+            Ok(states) => self.saved_sync = states.into_iter().collect(),
+            Err(_) => self.saved_sync.clear(),
+        }
+        for link in self.peers.values_mut() {
+            link.sync = PeerSync::new(None);
+            link.values_pushed = false;
+        }
+        let peers: Vec<NodeBytes> = self.peers.keys().copied().collect();
+        for peer in peers {
+            self.send(peer, DataMsg::Resync, false);
+            self.poll_peer(peer);
         }
     }
 
@@ -1838,6 +1943,9 @@ pub(crate) mod load_gate {
         .unwrap();
     }
 }
+
+#[cfg(test)]
+mod fault_tests;
 
 #[cfg(test)]
 mod tests {
@@ -1997,7 +2105,7 @@ mod tests {
         b.shutdown().await.unwrap();
         a.shutdown().await.unwrap();
     }
-    fn node_bytes(s: &Swarm) -> super::NodeBytes {
+    pub(super) fn node_bytes(s: &Swarm) -> super::NodeBytes {
         *crate::net::ticket::parse(&s.ticket())
             .unwrap()
             .id

@@ -456,6 +456,12 @@ impl Swarm {
         .await
     }
 
+    /// How many commits the replica failed since it opened (see `ReadView::failed_commits`).
+    #[cfg(test)]
+    pub(crate) fn failed_commits(&self) -> u64 {
+        self.inner.view.failed_commits()
+    }
+
     /// The value of `key` in the local replica.
     pub async fn get(&self, key: &str) -> Result<Option<Vec<u8>>> {
         check_key(key)?;

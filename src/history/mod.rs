@@ -185,6 +185,11 @@ pub(crate) fn carry(
         .collect()
 }
 
+/// First delay before an epoch whose switch failed locally is fetched again.
+const RETRY_FIRST: Duration = Duration::from_secs(1);
+/// Longest such delay.
+const RETRY_MAX: Duration = Duration::from_secs(60);
+
 /// What the replica must do, drained with [`Coordinator::poll_action`].
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub(crate) enum Action {
@@ -227,6 +232,9 @@ pub(crate) struct Coordinator {
     staging: Option<(EpochId, NodeBytes)>,
     /// When this replica last entered an epoch (None: not since start).
     last_switch: Option<Duration>,
+    /// A switch failed for a local reason (see [`Coordinator::switch_failed`]): when to fetch
+    /// again, and the delay before the retry after that.
+    retry: Option<(Duration, Duration)>,
     actions: VecDeque<Action>,
 }
 
@@ -240,6 +248,7 @@ impl Coordinator {
             peers: BTreeMap::new(),
             staging: None,
             last_switch: None,
+            retry: None,
             actions: VecDeque::new(),
         }
     }
@@ -303,10 +312,24 @@ impl Coordinator {
         self.stage_best();
     }
 
+    /// The replica could not switch to the epoch it fetched or cut, at time `now`, for a
+    /// reason of its own (its store failed to commit): the peers did nothing wrong, so unlike
+    /// [`Coordinator::staging_failed`] their epochs are kept. The epoch is fetched again on a
+    /// tick, after a delay that doubles with each failure in a row (1 s to 1 min), so that a
+    /// full disk does not make the replica fetch a whole document every second.
+    pub fn switch_failed(&mut self, now: Duration) {
+        self.staging = None;
+        let delay = self
+            .retry
+            .map_or(RETRY_FIRST, |(_, d)| (d * 2).min(RETRY_MAX));
+        self.retry = Some((now + delay, delay));
+    }
+
     /// The replica switched to `epoch` (after a `Stage` or a `Cut`) at time `now`.
     pub fn switched(&mut self, epoch: EpochId, now: Duration) {
         self.epoch = epoch;
         self.last_switch = Some(now);
+        self.retry = None;
         if self.staging.is_some_and(|(e, _)| e <= epoch) {
             self.staging = None;
         }
@@ -324,6 +347,14 @@ impl Coordinator {
     /// Periodic check, with this node's leadership (`Some(term)` if it leads) and store size.
     /// A leader whose store needs it cuts a new epoch, unless a greater one is already known.
     pub fn tick(&mut self, now: Duration, leading: Option<u64>, usage: Usage) {
+        if let Some((at, delay)) = self.retry {
+            if now < at {
+                return;
+            }
+            // Still failing: the next retry waits longer (reset by `switched`).
+            self.retry = Some((Duration::ZERO, delay));
+            self.stage_best();
+        }
         if !self.policy.automatic || !self.policy.wants_compaction(usage) {
             return;
         }
@@ -519,6 +550,65 @@ mod tests {
         assert!(
             !c.request(Some(3)),
             "adopting the greater epoch comes first"
+        );
+    }
+
+    /// A switch that failed for a local reason (the store could not commit it) keeps the
+    /// peer's epoch and fetches it again after a delay that grows while it keeps failing.
+    /// (`staging_failed` would forget the peer's epoch: with no other peer in it, the replica
+    /// would never switch, and never replicate with that peer again.)
+    #[test]
+    fn a_switch_that_failed_locally_is_retried_with_backoff() {
+        let me = [1; 32];
+        let peer = [2; 32];
+        let mut c = Coordinator::new(me, EpochId::ZERO, Policy::manual());
+        c.peer_up(peer);
+        assert_eq!(c.poll_action(), Some(Action::Announce { to: peer }));
+        let e1 = EpochId::ZERO.next(5, peer);
+        c.peer_epoch(peer, e1);
+        let stage = Some(Action::Stage {
+            epoch: e1,
+            from: peer,
+        });
+        assert_eq!(c.poll_action(), stage);
+        let secs = Duration::from_secs;
+        let quiet = Usage::default();
+
+        c.switch_failed(secs(10));
+        assert_eq!(c.staging(), None);
+        c.tick(secs(10), None, quiet);
+        assert_eq!(c.poll_action(), None, "not at once");
+        c.tick(secs(11), None, quiet);
+        assert_eq!(c.poll_action(), stage, "after 1 s");
+
+        c.switch_failed(secs(12));
+        c.tick(secs(13), None, quiet);
+        assert_eq!(c.poll_action(), None, "the second delay is longer");
+        c.tick(secs(14), None, quiet);
+        assert_eq!(c.poll_action(), stage, "after 2 s");
+
+        c.switched(e1, secs(20));
+        assert!(c.in_step(&peer));
+        let e2 = e1.next(6, peer);
+        c.poll_action();
+        c.poll_action();
+        c.peer_epoch(peer, e2);
+        assert_eq!(
+            c.poll_action(),
+            Some(Action::Stage {
+                epoch: e2,
+                from: peer
+            })
+        );
+        c.switch_failed(secs(30));
+        c.tick(secs(31), None, quiet);
+        assert_eq!(
+            c.poll_action(),
+            Some(Action::Stage {
+                epoch: e2,
+                from: peer
+            }),
+            "a success resets the delay"
         );
     }
 }

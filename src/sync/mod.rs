@@ -80,6 +80,12 @@ pub(crate) enum DataMsg {
     },
     /// A follower asks the leader to start a new epoch (`Swarm::compact`).
     CompactRequest,
+    /// "Forget what you believe I have": the sender failed to commit something (a disk
+    /// error, a locked database) and went back to its stored document, so changes it received
+    /// or was sent may be gone from it. The receiver starts its sync state for the sender
+    /// afresh (automerge's state remembers the changes it sent and would never send those
+    /// again) and runs a sync round at once.
+    Resync,
 }
 
 /// A peer broke the protocol: the connection is closed.
@@ -337,7 +343,9 @@ impl PeerSync {
             }
             DataMsg::Want { hashes } => Ok(Received::Want(hashes)),
             DataMsg::Values { values } => Ok(Received::Values(values)),
-            DataMsg::Epoch { .. } | DataMsg::CompactRequest => Ok(Received::Buffered),
+            DataMsg::Epoch { .. } | DataMsg::CompactRequest | DataMsg::Resync => {
+                Ok(Received::Buffered)
+            }
         }
     }
 }
