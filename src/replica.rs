@@ -29,6 +29,9 @@ use crate::{
     sync::{DataMsg, Loaded, LoadedWhole, PeerSync, Received, SyncError, WholeDoc},
 };
 
+mod outflow;
+pub(crate) use outflow::{DataTx, Outflow};
+
 /// Most commands folded into one transaction.
 const MAX_BATCH: usize = 4096;
 /// A batch stops taking local writes once it holds this many value bytes (keeps each pushed
@@ -82,8 +85,11 @@ pub(crate) enum Command {
     PeerUp {
         peer: NodeBytes,
         conn_id: u64,
-        tx: mpsc::Sender<DataMsg>,
+        tx: DataTx,
     },
+    /// The connection `conn_id` to `peer` wrote out most of the values queued for it (see
+    /// [`outflow`]): read more, if any are left to send.
+    Drained { peer: NodeBytes, conn_id: u64 },
     /// The data stream to `peer` over connection `conn_id` is gone.
     PeerDown { peer: NodeBytes, conn_id: u64 },
     /// A message from a peer, received over connection `conn_id`. The permit returns the
@@ -130,6 +136,9 @@ pub(crate) struct ReadView {
     epoch: Mutex<EpochId>,
     /// Commits (of a batch or of an epoch switch) that failed since the replica opened.
     failed_commits: std::sync::atomic::AtomicU64,
+    /// Most bytes of values ever queued for one peer (see [`outflow`]).
+    #[cfg(test)]
+    max_queued_values: std::sync::atomic::AtomicUsize,
 }
 
 impl ReadView {
@@ -138,6 +147,13 @@ impl ReadView {
     #[cfg(test)]
     pub fn failed_commits(&self) -> u64 {
         self.failed_commits
+            .load(std::sync::atomic::Ordering::Relaxed)
+    }
+
+    /// Most bytes of values ever queued for one peer.
+    #[cfg(test)]
+    pub fn max_queued_values(&self) -> usize {
+        self.max_queued_values
             .load(std::sync::atomic::Ordering::Relaxed)
     }
 
@@ -267,7 +283,41 @@ struct PeerLink {
     /// the whole document again before the peer's first reply; the values need to go once).
     values_pushed: bool,
     sync: PeerSync,
-    tx: mpsc::Sender<DataMsg>,
+    tx: DataTx,
+    /// Values this peer asked for and not yet sent, in the order to read them (see
+    /// [`outflow`]).
+    outbox: VecDeque<ValueHash>,
+    /// The hashes in `outbox` (a value asked for twice goes once).
+    outboxed: HashSet<ValueHash>,
+    /// A snapshot transfer in progress: every value is pushed unasked, read in storage order as
+    /// the queue to the peer drains.
+    snapshot: Option<SnapshotPush>,
+}
+
+/// Where a snapshot transfer to one peer stands.
+struct SnapshotPush {
+    /// The values to push (those the view held when the transfer started).
+    wanted: HashSet<ValueHash>,
+    /// The scan of the values table resumes after this row.
+    after: i64,
+    /// Bytes that may still be pushed (at most `MAX_PUSHED_VALUES`; the peer asks for the
+    /// rest).
+    left: usize,
+}
+
+impl PeerLink {
+    /// Adds values to send, in order, skipping those already waiting.
+    fn enqueue(&mut self, hashes: impl IntoIterator<Item = ValueHash>) {
+        for h in hashes {
+            if self.outboxed.insert(h) {
+                self.outbox.push_back(h);
+            }
+        }
+    }
+
+    fn has_values_to_send(&self) -> bool {
+        !self.outbox.is_empty() || self.snapshot.is_some()
+    }
 }
 
 type OpenInfo = (Arc<ReadView>, [u8; 32], u64, Vec<(NodeBytes, Vec<u8>)>);
@@ -451,12 +501,13 @@ struct Effects {
     remote_keys: Vec<(String, NodeBytes)>,
     /// Peers whose sync state must be polled (a reply may be due).
     poll: HashSet<NodeBytes>,
-    /// Direct replies, by peer.
-    replies: Vec<(NodeBytes, DataMsg)>,
     /// Peers whose connection must be closed for a protocol error.
     bad: Vec<(NodeBytes, String)>,
     /// Peers from which pending values should be requested after this batch.
     ask: HashSet<NodeBytes>,
+    /// Peers with values in their outbox to send after this batch, as far as their queues
+    /// have room.
+    fill: HashSet<NodeBytes>,
     /// Peers that sent changes: ask them for values still missing after the batch.
     ask_if_pending: HashSet<NodeBytes>,
     rescan: Option<NodeBytes>,
@@ -528,6 +579,8 @@ impl Replica {
             reader: Mutex::new(reader),
             epoch: Mutex::new(epoch),
             failed_commits: Default::default(),
+            #[cfg(test)]
+            max_queued_values: Default::default(),
         });
         let replica = Replica {
             store,
@@ -772,6 +825,9 @@ impl Replica {
                             values_pushed: false,
                             sync: PeerSync::new(saved.as_deref()),
                             tx,
+                            outbox: VecDeque::new(),
+                            outboxed: HashSet::new(),
+                            snapshot: None,
                         },
                     );
                     // Syncing starts once the peer says it is in the same epoch.
@@ -807,6 +863,11 @@ impl Replica {
                     }
                 }
                 Command::Tick => fx.tick = true,
+                Command::Drained { peer, conn_id } => {
+                    if self.peers.get(&peer).is_some_and(|l| l.conn_id == conn_id) {
+                        fx.fill.insert(peer);
+                    }
+                }
                 Command::Leadership { leading, leader } => {
                     self.leading = leading;
                     self.leader = leader;
@@ -1040,9 +1101,6 @@ impl Replica {
         for (_, a) in fx.terms.drain(..) {
             let _ = a.send(answer());
         }
-        for (peer, msg) in std::mem::take(&mut fx.replies) {
-            self.send(peer, msg, false);
-        }
         if fx.tick {
             fx.poll.extend(self.in_step_peers());
             self.poll_staging();
@@ -1063,6 +1121,14 @@ impl Replica {
             self.ask_pending(peer);
         }
         self.drop_misbehaving(std::mem::take(&mut fx.bad));
+        // Values to send: to peers that asked or whose queue drained; to all on a tick (the
+        // wake-up of `outflow` cannot be lost, but a failed batch drops its `Drained`).
+        if fx.tick {
+            fx.fill.extend(self.peers.keys().copied());
+        }
+        for peer in std::mem::take(&mut fx.fill) {
+            self.fill_outbox(peer);
+        }
 
         // The epoch protocol: adopt a fetched epoch, run the policy, ask for compactions.
         if fx.adopt {
@@ -1207,19 +1273,14 @@ impl Replica {
                         .filter(|(h, _)| loaded || self.pending.contains_key(h)),
                 );
             }
-            Ok(Received::Want(hashes)) => {
-                let mut batch = ValuesBatch::default();
-                let wanted = &hashes[..hashes.len().min(MAX_WANT)];
-                let read = self.store.for_blobs(wanted, |v| {
-                    if let Some(msg) = batch.push(v) {
-                        fx.replies.push((peer, msg));
-                    }
-                    true
-                });
-                if let Err(e) = read {
-                    warn!("cannot read values a peer asked for: {e}");
+            Ok(Received::Want(mut hashes)) => {
+                // Answered from the outbox, as the queue to the peer drains (see `outflow`).
+                hashes.truncate(MAX_WANT);
+                let ordered = self.store.in_store_order(hashes);
+                if let Some(link) = self.peers.get_mut(&peer) {
+                    link.enqueue(ordered);
+                    fx.fill.insert(peer);
                 }
-                fx.replies.extend(batch.finish().map(|m| (peer, m)));
             }
             Err(e) => fx.bad.push((peer, e.to_string())),
         }
@@ -1323,6 +1384,9 @@ impl Replica {
                         doc: KvDoc::empty(&self.me, &epoch),
                         sync: PeerSync::new(None),
                     });
+                    // The peer may have served this epoch to us before (a switch that failed
+                    // to commit is fetched again): its sync state would believe we have it all.
+                    self.send(from, DataMsg::Resync, false);
                     self.poll_staging();
                 }
                 Action::Cut { epoch } => {
@@ -1669,24 +1733,98 @@ impl Replica {
         // Snapshot transfer: a peer with an empty document just got all of ours; send every
         // value the view holds right behind it, in one scan, instead of waiting for it to ask
         // (up to `MAX_PUSHED_VALUES`; it asks for the rest).
+        // They are read as the queue to the peer drains (see `outflow`), by one sequential
+        // scan of the values table.
         if push_values {
             let wanted = self.view.hashes();
-            let mut msgs = Vec::new();
-            let mut batch = ValuesBatch::default();
-            let mut pushed = 0;
-            let read = self.store.scan_blobs(|h, v| {
-                if wanted.contains(&h) {
-                    pushed += v.len();
-                    msgs.extend(batch.push(v));
+            debug!(peer = %node_id_string(&peer), values = wanted.len(), "snapshot transfer");
+            if let Some(link) = self.peers.get_mut(&peer) {
+                link.snapshot = Some(SnapshotPush {
+                    wanted,
+                    after: i64::MIN,
+                    left: MAX_PUSHED_VALUES,
+                });
+            }
+            self.fill_outbox(peer);
+        }
+    }
+
+    /// Reads values to send to `peer` (those it asked for first, then those of a snapshot
+    /// transfer) from the store and queues them for it until its queue holds
+    /// `MAX_QUEUED_VALUE_BYTES` of values (see [`outflow`]); the connection's writer asks for
+    /// the rest ([`Command::Drained`]) once it has written most of them.
+    fn fill_outbox(&mut self, peer: NodeBytes) {
+        /// Hashes looked up per read transaction.
+        const CHUNK: usize = 1024;
+        loop {
+            let Some(link) = self.peers.get_mut(&peer) else {
+                return;
+            };
+            if !link.has_values_to_send() {
+                return;
+            }
+            if !link.tx.flow.has_room() {
+                if link.tx.flow.wait_for_room() {
+                    continue;
                 }
-                pushed < MAX_PUSHED_VALUES
-            });
+                return;
+            }
+            let room = outflow::MAX_QUEUED_VALUE_BYTES.saturating_sub(link.tx.flow.queued());
+            let mut batch = ValuesBatch::default();
+            let mut msgs = Vec::new();
+            let mut taken = 0;
+            let read = if link.outbox.is_empty() {
+                // The snapshot transfer, resumed where the last fill stopped.
+                let Some(snap) = link.snapshot.as_mut() else {
+                    return;
+                };
+                let mut after = snap.after;
+                let mut left = snap.left;
+                let read = self.store.scan_blobs_after(snap.after, |id, h, v| {
+                    after = id;
+                    if !snap.wanted.contains(&h) {
+                        return true;
+                    }
+                    if v.len() > left {
+                        left = 0; // the rest is asked for
+                        return false;
+                    }
+                    left -= v.len();
+                    taken += v.len();
+                    msgs.extend(batch.push(v));
+                    taken < room
+                });
+                snap.after = after;
+                snap.left = left;
+                if !matches!(read, Ok(false)) || left == 0 {
+                    // Done (or failed: the peer asks for what it still lacks).
+                    link.snapshot = None;
+                }
+                read.map(|_| ())
+            } else {
+                let n = link.outbox.len().min(CHUNK);
+                let chunk: Vec<ValueHash> = link.outbox.drain(..n).collect();
+                let read = self.store.read_blobs(&chunk, |_, v| {
+                    taken += v.len();
+                    msgs.extend(batch.push(v));
+                    taken < room
+                });
+                // On an error the peer asks again for what it still lacks.
+                let passed = *read.as_ref().unwrap_or(&n);
+                for h in &chunk[..passed] {
+                    link.outboxed.remove(h);
+                }
+                // What was not looked at goes back to the front, in order.
+                for h in chunk[passed..].iter().rev() {
+                    link.outbox.push_front(*h);
+                }
+                read.map(|_| ())
+            };
             if let Err(e) = read {
-                // The peer asks for what it still lacks.
-                warn!("cannot read the values of a snapshot transfer: {e}");
+                warn!("cannot read values to send to a peer: {e}");
             }
             msgs.extend(batch.finish());
-            debug!(peer = %node_id_string(&peer), values = wanted.len(), "snapshot transfer");
+            self.work += taken as u64;
             for m in msgs {
                 self.send(peer, m, false);
             }
@@ -1734,24 +1872,29 @@ impl Replica {
         let Some(link) = self.peers.get(&peer) else {
             return;
         };
-        match link.tx.try_send(msg) {
-            Ok(()) => {}
-            Err(mpsc::error::TrySendError::Full(_)) if droppable => {
-                debug!("push to slow peer dropped; sync will carry it");
-            }
-            Err(mpsc::error::TrySendError::Full(_)) => {
-                if let Some(link) = self.peers.remove(&peer) {
-                    self.saved_sync.insert(peer, link.sync.persisted());
-                }
-                let _ = self
-                    .misbehaved
-                    .send((peer, "peer does not keep up with its send queue".into()));
-            }
-            Err(mpsc::error::TrySendError::Closed(_)) => {
-                if let Some(link) = self.peers.remove(&peer) {
-                    self.saved_sync.insert(peer, link.sync.persisted());
-                }
-            }
+        // Counted before the writer can see it (see `outflow`).
+        link.tx.flow.queue(&msg);
+        #[cfg(test)]
+        self.view
+            .max_queued_values
+            .fetch_max(link.tx.flow.queued(), std::sync::atomic::Ordering::Relaxed);
+        let err = match link.tx.tx.try_send(msg) {
+            Ok(()) => return,
+            Err(e) => e,
+        };
+        let full = matches!(err, mpsc::error::TrySendError::Full(_));
+        link.tx.flow.unqueue(&err.into_inner());
+        if full && droppable {
+            debug!("push to slow peer dropped; sync will carry it");
+            return;
+        }
+        if let Some(link) = self.peers.remove(&peer) {
+            self.saved_sync.insert(peer, link.sync.persisted());
+        }
+        if full {
+            let _ = self
+                .misbehaved
+                .send((peer, "peer does not keep up with its send queue".into()));
         }
     }
 
@@ -1999,7 +2142,7 @@ mod tests {
             }
         };
         // B connects and is in the same epoch.
-        let (to_b, mut sent_to_b) = mpsc::channel(64);
+        let (to_b, mut sent_to_b, _) = super::DataTx::channel(64);
         a.process(vec![
             Command::PeerUp {
                 peer: b,

@@ -462,6 +462,12 @@ impl Swarm {
         self.inner.view.failed_commits()
     }
 
+    /// Most bytes of values the replica ever queued for one peer.
+    #[cfg(test)]
+    pub(crate) fn max_queued_values(&self) -> usize {
+        self.inner.view.max_queued_values()
+    }
+
     /// The value of `key` in the local replica.
     pub async fn get(&self, key: &str) -> Result<Option<Vec<u8>>> {
         check_key(key)?;

@@ -25,7 +25,11 @@ use super::{
     },
     NodeEvent, Shared,
 };
-use crate::{doc::NodeBytes, replica::Command, sync::DataMsg};
+use crate::{
+    doc::NodeBytes,
+    replica::{Command, DataTx, Outflow},
+    sync::DataMsg,
+};
 
 /// How long the handshake may take.
 const AUTH_TIMEOUT: Duration = Duration::from_secs(5);
@@ -71,7 +75,7 @@ pub(crate) async fn run(shared: Arc<Shared>, conn: Connection, dialer: bool) -> 
 
     let conn_id = shared.next_conn_id();
     let (ctl_tx, ctl_rx) = mpsc::channel::<ControlMsg>(256);
-    let (data_tx, data_rx) = mpsc::channel::<DataMsg>(1024);
+    let (data_tx, data_rx, flow) = DataTx::channel(1024);
     let (keep_tx, keep_rx) = oneshot::channel();
     let up = NodeEvent::Up {
         peer,
@@ -99,7 +103,14 @@ pub(crate) async fn run(shared: Arc<Shared>, conn: Connection, dialer: bool) -> 
     }
 
     tokio::spawn(pump(cs, ctl_rx, conn.clone()));
-    tokio::spawn(pump(ds, data_rx, conn.clone()));
+    tokio::spawn(pump_data(
+        ds,
+        data_rx,
+        conn.clone(),
+        flow,
+        shared.replica_tx.clone(),
+        (peer, conn_id),
+    ));
     let reason = tokio::select! {
         r = read_control(&shared, cr, peer, conn_id) => r,
         r = read_data(&shared, dr, peer, conn_id) => r,
@@ -245,6 +256,32 @@ async fn pump<T: serde::Serialize>(mut s: SendStream, mut rx: mpsc::Receiver<T>,
         }
     }
     // The sender side was dropped on purpose (the replica gave up on this peer).
+    conn.close(close::PROTOCOL, b"send queue closed");
+}
+
+/// [`pump`] for the data stream, which also tells the replica when it has written out most of
+/// the values queued (see `replica::outflow`), so that the replica reads more.
+async fn pump_data(
+    mut s: SendStream,
+    mut rx: mpsc::Receiver<DataMsg>,
+    conn: Connection,
+    flow: Arc<Outflow>,
+    replica: mpsc::Sender<Command>,
+    (peer, conn_id): (NodeBytes, u64),
+) {
+    while let Some(m) = rx.recv().await {
+        if write_frame(&mut s, &m).await.is_err() {
+            return;
+        }
+        if flow.written(&m)
+            && replica
+                .send(Command::Drained { peer, conn_id })
+                .await
+                .is_err()
+        {
+            return;
+        }
+    }
     conn.close(close::PROTOCOL, b"send queue closed");
 }
 

@@ -42,7 +42,6 @@ use crate::{
     error::{Error, Result},
     events::Event,
     replica::{node_id_string, Command},
-    sync::DataMsg,
     RelayMode,
 };
 
@@ -111,7 +110,7 @@ pub(crate) enum NodeEvent {
         conn_id: u64,
         dialer: bool,
         control: mpsc::Sender<ControlMsg>,
-        data: mpsc::Sender<DataMsg>,
+        data: crate::replica::DataTx,
         keep: oneshot::Sender<Option<VarInt>>,
     },
     /// A kept connection ended.

@@ -354,34 +354,74 @@ impl Store {
         }
     }
 
-    /// Reads the blobs of `hashes` that are stored, in the order they are stored, calling `f`
-    /// with each until it returns false. One read transaction for all of them: outside one,
-    /// every lookup takes and releases the file lock (3× slower at 100k lookups, BENCHMARKS.md
-    /// W5 analysis).
-    pub fn for_blobs(&self, hashes: &[[u8; 16]], mut f: impl FnMut(Vec<u8>) -> bool) -> Result<()> {
-        let mut rows: Vec<(i64, &[u8; 16])> = {
+    /// Of `hashes`, those stored, in the order they are stored (reading them in this order reads
+    /// the values table sequentially).
+    pub fn in_store_order(&self, hashes: impl IntoIterator<Item = [u8; 16]>) -> Vec<[u8; 16]> {
+        let mut rows: Vec<(i64, [u8; 16])> = {
             let index = self.index.read();
             hashes
-                .iter()
-                .filter_map(|h| Some((*index.get(h)?, h)))
+                .into_iter()
+                .filter_map(|h| Some((*index.get(&h)?, h)))
                 .collect()
         };
         rows.sort_unstable_by_key(|r| r.0);
+        rows.into_iter().map(|(_, h)| h).collect()
+    }
+
+    /// Reads the stored values of `hashes`, in the order given, calling `f` with each hash and
+    /// value until it returns false (after taking that value). Returns how many of `hashes`
+    /// were passed (read, or skipped as not stored): the rest were not looked at. One read
+    /// transaction for all of them: outside one, every lookup takes and releases the file lock
+    /// (3× slower at 100k lookups, BENCHMARKS.md W5 analysis).
+    pub fn read_blobs(
+        &self,
+        hashes: &[[u8; 16]],
+        mut f: impl FnMut(&[u8; 16], Vec<u8>) -> bool,
+    ) -> Result<usize> {
         let tx = self.conn.unchecked_transaction()?;
-        for (id, h) in rows {
+        for (i, h) in hashes.iter().enumerate() {
+            let Some(id) = self.index.rowid(h) else {
+                continue;
+            };
             if let Some(v) = read_value(&tx, id, h)? {
-                if !f(v) {
-                    break;
+                if !f(h, v) {
+                    tx.finish()?;
+                    return Ok(i + 1);
                 }
             }
         }
         tx.finish()?;
-        Ok(())
+        Ok(hashes.len())
+    }
+
+    /// Reads the stored values after row `after` in storage order (one sequential scan), calling
+    /// `f` with each row id, hash and value until it returns false. Returns true if the scan
+    /// reached the end of the table.
+    pub fn scan_blobs_after(
+        &self,
+        after: i64,
+        mut f: impl FnMut(i64, [u8; 16], Vec<u8>) -> bool,
+    ) -> Result<bool> {
+        let mut stmt = self
+            .conn
+            .prepare_cached("SELECT id, hash, data FROM vals WHERE id > ?1 ORDER BY id")?;
+        let mut rows = stmt.query([after])?;
+        while let Some(r) = rows.next()? {
+            let h: Vec<u8> = r.get(1)?;
+            // A malformed hash cannot be any key's value: skip it.
+            if let Ok(h) = <[u8; 16]>::try_from(h.as_slice()) {
+                if !f(r.get(0)?, h, r.get(2)?) {
+                    return Ok(false);
+                }
+            }
+        }
+        Ok(true)
     }
 
     /// Reads every stored blob in the order they were stored, calling `f` with each hash and
     /// value until it returns false: one sequential scan, several times faster than looking
-    /// each up when most are wanted.
+    /// each up when most are wanted. (Tests read a whole store with it.)
+    #[cfg(test)]
     pub fn scan_blobs(&self, mut f: impl FnMut([u8; 16], Vec<u8>) -> bool) -> Result<()> {
         let mut stmt = self
             .conn
@@ -854,18 +894,24 @@ mod tests {
         let store = Store::open(dir.path(), Durability::Full).unwrap();
         assert_eq!(store.blob(&h2).unwrap().as_deref(), Some(&b"two"[..]));
         assert!(store.has_blob(&h1) && !store.has_blob(&[3u8; 16]));
+        let ordered = store.in_store_order([h2, [3u8; 16], h1]);
+        assert_eq!(
+            ordered,
+            vec![h1, h2],
+            "in stored order, without what is not stored"
+        );
         let mut seen = Vec::new();
-        store
-            .for_blobs(&[h2, [3u8; 16], h1], |v| {
-                seen.push(v);
+        let passed = store
+            .read_blobs(&[h2, [3u8; 16], h1], |h, v| {
+                seen.push((*h, v));
                 true
             })
             .unwrap();
-        assert_eq!(
-            seen,
-            vec![b"one".to_vec(), b"two".to_vec()],
-            "in stored order"
-        );
+        assert_eq!(passed, 3);
+        assert_eq!(seen, vec![(h2, b"two".to_vec()), (h1, b"one".to_vec())]);
+        // Stopping after the first value leaves the rest unread.
+        let passed = store.read_blobs(&ordered, |_, _| false).unwrap();
+        assert_eq!(passed, 1);
     }
 
     /// A hash that is not 16 bytes is refused and stores nothing.
