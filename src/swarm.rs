@@ -179,7 +179,9 @@ impl SwarmBuilder {
 
     /// When history is compacted across the swarm (see [`crate::history`]): by default the
     /// leader starts a new epoch once the stored history outweighs 4× the live data and
-    /// 64 KiB, at most every 5 s, and deletions are remembered for 30 days.
+    /// 64 KiB, at most every 5 s, and deletions are remembered for 30 days. `ratio`,
+    /// `min_bytes` and `min_interval` must not be zero ([`build`](Self::build) fails with
+    /// [`Error::Config`]).
     /// [`CompactionPolicy::manual`](crate::CompactionPolicy::manual) leaves it to
     /// [`Swarm::compact`].
     pub fn compaction(mut self, policy: crate::CompactionPolicy) -> Self {
@@ -187,7 +189,10 @@ impl SwarmBuilder {
         self
     }
 
-    /// Largest value accepted by `put`, in bytes. Default 1 MiB, at most 8 MiB.
+    /// Largest value accepted by this node's `put`, in bytes. Default 1 MiB, at most 8 MiB.
+    /// Values received from peers are not held to it (a replica must store what its swarm
+    /// wrote, or it would diverge): they are bounded by the protocol's data frame (16 MiB).
+    /// Give every member of a swarm the same limit.
     pub fn max_value_size(mut self, bytes: usize) -> Self {
         self.max_value_size = bytes;
         self
@@ -217,6 +222,7 @@ impl SwarmBuilder {
         if self.max_peers == 0 {
             return Err(Error::Config("max_peers must be at least 1".into()));
         }
+        check_policy(&self.compaction)?;
         let bootstrap = self
             .bootstrap
             .iter()
@@ -362,6 +368,24 @@ impl std::fmt::Debug for Swarm {
             .field("node_id", &self.inner.node_id)
             .finish_non_exhaustive()
     }
+}
+
+/// Refuses compaction thresholds of zero: with any of them zero the leader would cut an epoch
+/// at every opportunity (about one a second while idle), automatic compaction or not (the
+/// policy can be switched on later, and a zero is always a mistake).
+pub(crate) fn check_policy(policy: &crate::CompactionPolicy) -> Result<()> {
+    let zero = if policy.ratio == 0 {
+        "ratio"
+    } else if policy.min_bytes == 0 {
+        "min_bytes"
+    } else if policy.min_interval.is_zero() {
+        "min_interval"
+    } else {
+        return Ok(());
+    };
+    Err(Error::Config(format!(
+        "the compaction policy's {zero} must be greater than zero (defaults: ratio 4, min_bytes 64 KiB, min_interval 5 s)"
+    )))
 }
 
 /// Checks a key against the rules of DESIGN.md §3.
@@ -627,5 +651,52 @@ impl Swarm {
     #[allow(dead_code)]
     pub(crate) fn node_bytes(&self) -> NodeBytes {
         self.inner.me
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// Zero compaction thresholds cut an epoch about once a second while idle: refused.
+    #[tokio::test]
+    async fn zero_compaction_thresholds_are_refused() {
+        let zero_ratio = crate::CompactionPolicy {
+            ratio: 0,
+            ..Default::default()
+        };
+        let zero_bytes = crate::CompactionPolicy {
+            min_bytes: 0,
+            ..Default::default()
+        };
+        let zero_interval = crate::CompactionPolicy {
+            min_interval: Duration::ZERO,
+            ..crate::CompactionPolicy::manual()
+        };
+        for (policy, field) in [
+            (zero_ratio, "ratio"),
+            (zero_bytes, "min_bytes"),
+            (zero_interval, "min_interval"),
+        ] {
+            let d = tempfile::tempdir().unwrap();
+            let r = Swarm::builder()
+                .storage_path(d.path())
+                .compaction(policy)
+                .local_discovery(false)
+                .relay_mode(RelayMode::Disabled)
+                .build()
+                .await;
+            match r {
+                Err(Error::Config(msg)) => assert!(msg.contains(field), "{msg}"),
+                other => panic!("{field} 0: expected a Config error, got {other:?}"),
+            }
+            assert_eq!(
+                std::fs::read_dir(d.path()).unwrap().count(),
+                0,
+                "refused before the store was opened"
+            );
+        }
+        assert!(check_policy(&crate::CompactionPolicy::default()).is_ok());
+        assert!(check_policy(&crate::CompactionPolicy::manual()).is_ok());
     }
 }

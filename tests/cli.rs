@@ -2,7 +2,7 @@
 
 use std::{
     io::{BufRead, BufReader, Write},
-    process::{Child, ChildStdin, Command, Stdio},
+    process::{Child, ChildStdin, Command, ExitStatus, Output, Stdio},
     sync::mpsc,
     time::{Duration, Instant},
 };
@@ -106,6 +106,13 @@ impl Node {
             );
             std::thread::sleep(Duration::from_millis(50));
         }
+    }
+
+    /// The next line of output.
+    fn next_line(&self) -> String {
+        self.lines
+            .recv_timeout(DEADLINE)
+            .unwrap_or_else(|_| panic!("no output within {DEADLINE:?}"))
     }
 
     fn quit(mut self) {
@@ -260,4 +267,269 @@ fn kill_9_during_compactions_loses_no_acknowledged_write() {
     let count = n.poll("count", |_| true);
     assert_eq!(count, KEYS.to_string());
     n.quit();
+}
+
+/// How long a node may take to exit once told to.
+const EXIT_DEADLINE: Duration = Duration::from_secs(10);
+
+fn send_signal(child: &Child, sig: libc::c_int) {
+    let pid = libc::pid_t::try_from(child.id()).expect("a pid");
+    // SAFETY: kill(2) on our own child's pid, which is not reaped yet (no reuse).
+    assert_eq!(unsafe { libc::kill(pid, sig) }, 0, "kill({pid}, {sig})");
+}
+
+/// Waits for `child` to exit; kills it and fails if it is still running after `limit`.
+fn wait_exit(child: &mut Child, limit: Duration, what: &str) -> ExitStatus {
+    let deadline = Instant::now() + limit;
+    loop {
+        if let Some(status) = child.try_wait().expect("try_wait") {
+            return status;
+        }
+        if Instant::now() >= deadline {
+            let _ = child.kill();
+            let _ = child.wait();
+            panic!("{what}: still running after {limit:?}");
+        }
+        std::thread::sleep(Duration::from_millis(20));
+    }
+}
+
+/// Runs `c` with no input to completion; kills it and fails if it runs longer than `limit`.
+fn output_within(mut c: Command, limit: Duration) -> Output {
+    let child = c
+        .stdin(Stdio::null())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .expect("spawn murmur");
+    let pid = libc::pid_t::try_from(child.id()).expect("a pid");
+    let (tx, rx) = mpsc::channel();
+    std::thread::spawn(move || {
+        let _ = tx.send(child.wait_with_output());
+    });
+    match rx.recv_timeout(limit) {
+        Ok(out) => out.expect("murmur's output"),
+        Err(_) => {
+            // SAFETY: the child is not reaped yet (its waiter is still waiting).
+            unsafe { libc::kill(pid, libc::SIGKILL) };
+            panic!("murmur still running after {limit:?}");
+        }
+    }
+}
+
+/// SIGTERM or Ctrl-C (SIGINT) stops a node at once although its stdin is still open (as with
+/// `sleep 60 | murmur run`): exit status 0, and what it acknowledged is on disk.
+#[test]
+fn a_signal_stops_a_node_promptly_while_its_stdin_is_open() {
+    for (sig, name) in [(libc::SIGTERM, "SIGTERM"), (libc::SIGINT, "SIGINT")] {
+        let d = tempfile::tempdir().unwrap();
+        let mut a = Node::run(d.path(), None);
+        a.expect_line("ready");
+        a.send("put k durable");
+        assert_eq!(a.expect_line("ok"), "ok");
+        send_signal(&a.child, sig);
+        a.expect_line("shut down");
+        // `a.stdin` stays open until the end of this iteration.
+        let status = wait_exit(&mut a.child, EXIT_DEADLINE, name);
+        assert!(status.success(), "{name}: {status:?}");
+        let out = murmur(d.path()).args(["get", "k"]).output().unwrap();
+        assert_eq!(String::from_utf8_lossy(&out.stdout).trim(), "durable");
+    }
+}
+
+/// A SIGTERM that arrives while the node is still opening its store (before `ready`) shuts it
+/// down gracefully instead of killing it.
+#[test]
+fn a_signal_before_ready_shuts_the_node_down_gracefully() {
+    let d = tempfile::tempdir().unwrap();
+    // The node creates its data directory early in startup, after its signal handlers.
+    let dir = d.path().join("node");
+    let mut c = murmur(&dir);
+    c.arg("run");
+    let mut a = Node::spawn(c);
+    let deadline = Instant::now() + DEADLINE;
+    while !dir.exists() {
+        assert!(
+            Instant::now() < deadline,
+            "no data directory within {DEADLINE:?}"
+        );
+        std::thread::sleep(Duration::from_millis(1));
+    }
+    send_signal(&a.child, libc::SIGTERM);
+    let status = wait_exit(&mut a.child, DEADLINE, "SIGTERM before ready");
+    assert!(status.success(), "killed instead of shut down: {status:?}");
+    a.expect_line("shut down");
+}
+
+/// When the reader of a node's stdout goes away (`murmur run --watch | head`), the node keeps
+/// serving: events it can no longer print do not stop it, its writes still reach its peers, and
+/// SIGTERM still shuts it down cleanly.
+#[test]
+fn a_node_whose_stdout_is_closed_keeps_serving() {
+    let (da, db) = (tempfile::tempdir().unwrap(), tempfile::tempdir().unwrap());
+    let mut c = murmur(da.path());
+    c.args(["run", "--watch"]);
+    let mut a = c
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::null())
+        .spawn()
+        .expect("spawn murmur");
+    let mut a_stdin = a.stdin.take().unwrap();
+    let a_stdout = a.stdout.take().unwrap();
+    // Read A's output up to `ready`, then close the read end of its stdout.
+    let (tx, rx) = mpsc::channel();
+    std::thread::spawn(move || {
+        let mut ticket = None;
+        let mut r = BufReader::new(a_stdout);
+        for l in (&mut r).lines().map_while(Result::ok) {
+            if let Some(t) = l.strip_prefix("ticket: ") {
+                ticket = Some(t.to_string());
+            }
+            if l.starts_with("ready") {
+                break;
+            }
+        }
+        drop(r);
+        let _ = tx.send(ticket);
+    });
+    let ticket = rx
+        .recv_timeout(DEADLINE)
+        .expect("A ready")
+        .expect("A's ticket");
+
+    // B joining and writing makes A print events (peer up, puts) to the closed pipe.
+    let mut b = Node::run(db.path(), Some(&ticket));
+    b.expect_line("ready");
+    for i in 0..5 {
+        b.send(&format!("put b{i} from b"));
+        assert_eq!(b.expect_line("ok"), "ok");
+    }
+    b.poll("peers", |l| l.contains(" connected "));
+    // A still takes commands and its writes still reach B.
+    writeln!(a_stdin, "put from-a still serving").unwrap();
+    a_stdin.flush().unwrap();
+    b.poll("get from-a", |l| l == "still serving");
+    assert!(a.try_wait().unwrap().is_none(), "A exited");
+
+    send_signal(&a, libc::SIGTERM);
+    let status = wait_exit(&mut a, EXIT_DEADLINE, "A after SIGTERM");
+    assert!(status.success(), "{status:?}");
+    drop(a_stdin);
+    b.quit();
+    let out = murmur(da.path()).args(["get", "from-a"]).output().unwrap();
+    assert_eq!(String::from_utf8_lossy(&out.stdout).trim(), "still serving");
+}
+
+/// Bad input lines are reported and later commands still run: invalid UTF-8, unknown commands
+/// (echoed cut short), over-long lines, `watch` with a wrong argument. `put` takes its value
+/// verbatim.
+#[test]
+fn stdin_lines_are_taken_verbatim_and_bad_ones_are_reported() {
+    let d = tempfile::tempdir().unwrap();
+    let mut a = Node::run(d.path(), None);
+    a.expect_line("ready");
+
+    a.stdin.write_all(b"put bad \xff\xfe value\n").unwrap();
+    let e = a.next_line();
+    assert!(e.starts_with("error:") && e.contains("UTF-8"), "{e}");
+    a.send("put after-bad-line yes");
+    assert_eq!(a.next_line(), "ok");
+    a.send("get after-bad-line");
+    assert_eq!(a.next_line(), "yes");
+
+    // The value: everything after the one space that follows the key.
+    a.send("put spaced  two leading, two trailing  ");
+    assert_eq!(a.next_line(), "ok");
+    a.send("get spaced");
+    assert_eq!(a.next_line(), " two leading, two trailing  ");
+    a.stdin.write_all(b"put crlf v \r\n").unwrap();
+    assert_eq!(a.next_line(), "ok");
+    a.send("get crlf");
+    assert_eq!(a.next_line(), "v ");
+
+    // Unknown commands are echoed cut to 80 characters (on a character boundary).
+    for junk in ["x".repeat(100_000), "é".repeat(1000)] {
+        a.send(&junk);
+        let e = a.next_line();
+        assert!(e.contains("unknown command") && e.contains('…'), "{e:.200}");
+        assert!(e.len() < 300, "the error repeats {} bytes", e.len());
+    }
+    // A line longer than any command is refused without the node holding on to it.
+    let long = format!("put big {}\n", "v".repeat(9 << 20));
+    a.stdin.write_all(long.as_bytes()).unwrap();
+    let e = a.next_line();
+    assert!(e.starts_with("error: line longer than"), "{e}");
+
+    a.send("watch bogus");
+    let e = a.next_line();
+    assert!(e.starts_with("error:") && e.contains("on|off"), "{e}");
+    a.send("watch on");
+    assert_eq!(a.next_line(), "watch on");
+    a.send("watch off");
+    assert_eq!(a.next_line(), "watch off");
+    a.send("count");
+    assert_eq!(a.next_line(), "3");
+    a.quit();
+}
+
+/// One-shot errors say what is wrong: a missing key is "not found" (status 3), zero
+/// compaction thresholds are refused, `--max-value-size` and `--max-peers` reach the builder.
+#[test]
+fn one_shot_commands_report_specific_errors_and_take_the_limits() {
+    let d = tempfile::tempdir().unwrap();
+    let out = murmur(d.path()).args(["get", "missing"]).output().unwrap();
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(3), "{err}");
+    assert!(err.contains("key \"missing\" not found"), "{err}");
+    assert!(!err.contains("invalid configuration"), "{err}");
+
+    for flag in [
+        "--compaction-ratio",
+        "--compaction-min-kib",
+        "--compaction-interval-ms",
+    ] {
+        let out = murmur(d.path()).args([flag, "0", "id"]).output().unwrap();
+        let err = String::from_utf8_lossy(&out.stderr);
+        assert!(!out.status.success(), "{flag} 0 accepted");
+        assert!(err.contains(flag), "{err}");
+    }
+
+    let out = murmur(d.path())
+        .args(["--max-value-size", "10", "put", "k", "01234567890"])
+        .output()
+        .unwrap();
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(!out.status.success(), "an 11-byte value accepted");
+    assert!(err.contains("exceeds the limit of 10 bytes"), "{err}");
+    let out = murmur(d.path())
+        .args(["--max-value-size", "10", "put", "k", "0123456789"])
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let out = murmur(d.path())
+        .args(["--max-peers", "0", "id"])
+        .output()
+        .unwrap();
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(!out.status.success() && err.contains("max_peers"), "{err}");
+}
+
+/// A bootstrap ticket with bytes after the address (here `murmur` + 100 000 × `a`, which once
+/// joined an all-zero node ID forever) stops the node at start with a short, clear error.
+#[test]
+fn a_ticket_with_trailing_bytes_is_refused_at_start() {
+    let d = tempfile::tempdir().unwrap();
+    let mut c = murmur(d.path());
+    c.args(["run", "-b", &format!("murmur{}", "a".repeat(100_000))]);
+    let out = output_within(c, DEADLINE);
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(1), "{err:.300}");
+    assert!(err.contains("invalid ticket"), "{err:.300}");
+    assert!(err.contains("bytes follow the address"), "{err:.300}");
+    assert!(err.len() < 1000, "the error repeats {} bytes", err.len());
 }

@@ -3,12 +3,51 @@
 //! `murmur run` runs a node and reads commands from standard input (type `help`); the other
 //! subcommands open the data directory, do one thing and exit (they cannot run while a node
 //! holds the same directory: that gives a clear "in use" error).
+//!
+//! Output never stops the node: once stdout is gone (a reader such as `| head` exited), later
+//! output is dropped and the node keeps serving its peers until a signal or `quit` stops it.
 
-use std::{io::Write, net::SocketAddr, path::PathBuf, time::Duration};
+use std::{
+    io::{self, BufRead, Write},
+    net::SocketAddr,
+    path::PathBuf,
+    sync::atomic::{AtomicBool, Ordering},
+    time::Duration,
+};
 
 use clap::{Parser, Subcommand, ValueEnum};
-use murmur::{CompactionPolicy, Durability, Event, PathKind, RelayMode, Swarm, SwarmBuilder};
-use tokio::io::{AsyncBufReadExt, BufReader};
+use murmur::{
+    CompactionPolicy, Durability, Event, PathKind, RelayMode, Swarm, SwarmBuilder,
+    DEFAULT_MAX_VALUE_SIZE, MAX_KEY_LEN, MAX_VALUE_SIZE_LIMIT,
+};
+use tokio::signal::unix::{signal, SignalKind};
+
+/// Set once a write to stdout failed (its reader went away): later output is dropped.
+static STDOUT_GONE: AtomicBool = AtomicBool::new(false);
+
+/// Writes one line to stdout and flushes it. A failed write (`EPIPE` once the reader is gone:
+/// Rust ignores `SIGPIPE`) does not panic, unlike `println!`: output stops, the node does not.
+fn say_line(args: std::fmt::Arguments) {
+    if STDOUT_GONE.load(Ordering::Relaxed) {
+        return;
+    }
+    let mut out = io::stdout().lock();
+    if writeln!(out, "{args}").and_then(|()| out.flush()).is_err() {
+        STDOUT_GONE.store(true, Ordering::Relaxed);
+    }
+}
+
+/// `println!` that survives a closed stdout (see [`say_line`]).
+macro_rules! say {
+    ($($arg:tt)*) => { say_line(format_args!($($arg)*)) };
+}
+
+/// Longest line read on stdin: a `put` of the largest value any node accepts, with the longest
+/// key. A longer line is discarded (without being held in memory) and reported.
+const MAX_LINE: usize = MAX_VALUE_SIZE_LIMIT + MAX_KEY_LEN + 64;
+
+/// How many characters of an unrecognised command an error message repeats.
+const ECHO_CHARS: usize = 80;
 
 #[derive(Parser, Debug)]
 #[command(
@@ -49,14 +88,24 @@ struct Cli {
     #[arg(long, value_enum, default_value_t = CompactionArg::Auto, global = true)]
     compaction: CompactionArg,
     /// Compact once stored history exceeds this many times the live data...
-    #[arg(long, default_value_t = 4, global = true)]
+    #[arg(long, default_value_t = 4, global = true,
+          value_parser = clap::value_parser!(u32).range(1..))]
     compaction_ratio: u32,
     /// ...and this many KiB.
-    #[arg(long, default_value_t = 64, global = true)]
+    #[arg(long, default_value_t = 64, global = true,
+          value_parser = clap::value_parser!(u64).range(1..))]
     compaction_min_kib: u64,
     /// At most one automatic compaction per this many milliseconds.
-    #[arg(long, default_value_t = 5000, global = true)]
+    #[arg(long, default_value_t = 5000, global = true,
+          value_parser = clap::value_parser!(u64).range(1..))]
     compaction_interval_ms: u64,
+    /// Largest value this node's own `put` accepts, in bytes (at most 8 MiB). Values received
+    /// from peers are not held to it: give every member of a swarm the same limit.
+    #[arg(long, default_value_t = DEFAULT_MAX_VALUE_SIZE, global = true)]
+    max_value_size: usize,
+    /// Most peers connected at once (the bound of the full mesh).
+    #[arg(long, default_value_t = 64, global = true)]
+    max_peers: usize,
     #[command(subcommand)]
     command: Command,
 }
@@ -111,6 +160,8 @@ fn builder(cli: &Cli) -> Result<SwarmBuilder, String> {
     };
     let mut b = Swarm::builder()
         .compaction(policy)
+        .max_value_size(cli.max_value_size)
+        .max_peers(cli.max_peers)
         .storage_path(&cli.data)
         .local_discovery(!cli.no_mdns)
         .heartbeat_interval(Duration::from_millis(cli.heartbeat_ms))
@@ -149,33 +200,38 @@ fn show(v: &[u8]) -> String {
     }
 }
 
+/// The first characters of a node ID, enough to tell nodes apart in event lines.
+fn short(id: &str) -> &str {
+    id.get(..10).unwrap_or(id)
+}
+
 fn print_event(e: &Event) {
     match e {
         Event::Put { key, value, origin } => {
-            println!("event put {key} = {} (from {})", show(value), &origin[..10])
+            say!("event put {key} = {} (from {})", show(value), short(origin))
         }
-        Event::Deleted { key, origin } => println!("event delete {key} (from {})", &origin[..10]),
-        Event::LeaderChanged { leader, term } => println!(
+        Event::Deleted { key, origin } => say!("event delete {key} (from {})", short(origin)),
+        Event::LeaderChanged { leader, term } => say!(
             "event leader {} term {term}",
             leader.as_deref().unwrap_or("none")
         ),
-        Event::PeerUp { peer } => println!("event peer-up {peer}"),
-        Event::PeerDown { peer } => println!("event peer-down {peer}"),
-        Event::Lagged { missed } => println!("event lagged {missed}"),
+        Event::PeerUp { peer } => say!("event peer-up {peer}"),
+        Event::PeerDown { peer } => say!("event peer-down {peer}"),
+        Event::Lagged { missed } => say!("event lagged {missed}"),
         Event::Compacted {
             epoch,
             keys,
             bytes_before,
             bytes_after,
             ..
-        } => println!(
+        } => say!(
             "event compacted epoch {epoch}: {keys} keys, {bytes_before} -> {bytes_after} bytes"
         ),
     }
 }
 
 const HELP: &str = "commands:
-  put <key> <value>    set a key (the rest of the line is the value)
+  put <key> <value>    set a key (the value is the rest of the line after one space, verbatim)
   get <key>            print a key's value
   del <key>            delete a key
   list [prefix]        list keys and values
@@ -191,38 +247,60 @@ const HELP: &str = "commands:
   watch on|off         print events as they happen
   quit                 shut down gracefully";
 
-/// Executes one interactive command; returns false on `quit`.
-async fn execute(swarm: &Swarm, line: &str, watch: &mut bool) -> bool {
-    let line = line.trim();
-    let (cmd, rest) = line.split_once(' ').unwrap_or((line, ""));
-    let rest = rest.trim();
+/// `s` cut to its first `max` characters, with an ellipsis when something was cut: what an
+/// error message repeats of a user's input.
+fn truncated(s: &str, max: usize) -> String {
+    match s.char_indices().nth(max) {
+        Some((end, _)) => format!("{}…", &s[..end]),
+        None => s.to_string(),
+    }
+}
+
+/// Executes one interactive command (a line of stdin without its terminator); returns false on
+/// `quit`.
+async fn execute(swarm: &Swarm, raw: &[u8], watch: &mut bool) -> bool {
+    let line = match std::str::from_utf8(raw) {
+        Ok(line) => line,
+        Err(e) => {
+            say!(
+                "error: the line is not valid UTF-8 (invalid byte at offset {}); ignored, commands are UTF-8 text",
+                e.valid_up_to()
+            );
+            return true;
+        }
+    };
+    let line = line.trim_start();
+    let (cmd, rest) = line.split_once(char::is_whitespace).unwrap_or((line, ""));
+    let args = rest.trim();
     let r: Result<(), murmur::Error> = async {
         match cmd {
             "" => {}
-            "help" => println!("{HELP}"),
-            "put" => match rest.split_once(' ') {
+            "help" => say!("{HELP}"),
+            // The key ends at the first space; the value is everything after that one space,
+            // verbatim (spaces included).
+            "put" => match rest.trim_start().split_once(' ') {
                 Some((k, v)) => {
                     swarm.put(k, v.as_bytes()).await?;
-                    println!("ok");
+                    say!("ok");
                 }
-                None => println!("error: usage: put <key> <value>"),
+                None => say!("error: usage: put <key> <value>"),
             },
-            "get" => match swarm.get(rest).await? {
-                Some(v) => println!("{}", show(&v)),
-                None => println!("(none)"),
+            "get" => match swarm.get(args).await? {
+                Some(v) => say!("{}", show(&v)),
+                None => say!("(none)"),
             },
             "del" | "delete" => {
-                swarm.delete(rest).await?;
-                println!("ok");
+                swarm.delete(args).await?;
+                say!("ok");
             }
             "list" => {
-                for k in swarm.keys(rest).await? {
+                for k in swarm.keys(args).await? {
                     if let Some(v) = swarm.get(&k).await? {
-                        println!("{k} = {}", show(&v));
+                        say!("{k} = {}", show(&v));
                     }
                 }
             }
-            "count" => println!("{}", swarm.len().await?),
+            "count" => say!("{}", swarm.len().await?),
             "digest" => {
                 let mut h = blake3::Hasher::new();
                 let keys = swarm.keys("").await?;
@@ -233,7 +311,7 @@ async fn execute(swarm: &Swarm, line: &str, watch: &mut bool) -> bool {
                         h.update(part);
                     }
                 }
-                println!("{} {}", keys.len(), &h.finalize().to_hex()[..16]);
+                say!("{} {}", keys.len(), &h.finalize().to_hex()[..16]);
             }
             "peers" => {
                 for p in swarm.peers().await {
@@ -243,7 +321,7 @@ async fn execute(swarm: &Swarm, line: &str, watch: &mut bool) -> bool {
                         PathKind::None => "-",
                     };
                     let rtt = p.rtt.map(|r| format!("{:.2}ms", r.as_secs_f64() * 1e3));
-                    println!(
+                    say!(
                         "{} {} {path} {}",
                         p.id,
                         if p.connected {
@@ -255,7 +333,7 @@ async fn execute(swarm: &Swarm, line: &str, watch: &mut bool) -> bool {
                     );
                 }
             }
-            "leader" => println!(
+            "leader" => say!(
                 "leader {} term {} me {}",
                 swarm.leader_id().await.as_deref().unwrap_or("none"),
                 swarm.leader_term().await,
@@ -263,102 +341,207 @@ async fn execute(swarm: &Swarm, line: &str, watch: &mut bool) -> bool {
             ),
             "compact" => {
                 swarm.compact().await?;
-                println!("ok");
+                say!("ok");
             }
             "epoch" => {
                 let e = swarm.epoch();
                 let leader = data_encoding::HEXLOWER.encode(&e.leader);
-                println!("epoch {} term {} leader {leader}", e.n, e.term);
+                say!("epoch {} term {} leader {leader}", e.n, e.term);
             }
-            "ticket" => println!("{}", swarm.ticket()),
-            "addrs" => println!("{}", swarm.addrs().join(" ")),
-            "id" => println!("{}", swarm.node_id()),
-            "watch" => {
-                *watch = rest != "off";
-                println!("watch {}", if *watch { "on" } else { "off" });
-            }
-            "quit" | "exit" => return Ok(()),
-            other => println!("error: unknown command {other:?} (type help)"),
+            "ticket" => say!("{}", swarm.ticket()),
+            "addrs" => say!("{}", swarm.addrs().join(" ")),
+            "id" => say!("{}", swarm.node_id()),
+            "watch" => match args {
+                "on" | "off" => {
+                    *watch = args == "on";
+                    say!("watch {args}");
+                }
+                _ => say!("error: usage: watch on|off"),
+            },
+            "quit" | "exit" => {}
+            other => say!(
+                "error: unknown command {:?} (type help)",
+                truncated(other, ECHO_CHARS)
+            ),
         }
         Ok(())
     }
     .await;
     if let Err(e) = r {
-        println!("error: {e}");
+        say!("error: {e}");
     }
-    let _ = std::io::stdout().flush();
     !matches!(cmd, "quit" | "exit")
 }
 
-async fn run(cli: &Cli, bootstrap: &[String], mut watch: bool) -> Result<(), String> {
+/// One line of stdin.
+enum Input {
+    /// A line, without its `\n` or `\r\n`.
+    Line(Vec<u8>),
+    /// A line longer than [`MAX_LINE`], discarded.
+    TooLong,
+}
+
+/// Reads one line of bytes (valid UTF-8 or not), keeping at most `max` bytes of it in memory.
+/// `None` at end of input.
+fn read_line(r: &mut impl BufRead, max: usize) -> io::Result<Option<Input>> {
+    let mut line = Vec::new();
+    let (mut too_long, mut read_any) = (false, false);
+    loop {
+        let buf = match r.fill_buf() {
+            Ok(buf) => buf,
+            Err(e) if e.kind() == io::ErrorKind::Interrupted => continue,
+            Err(e) => return Err(e),
+        };
+        if buf.is_empty() {
+            break;
+        }
+        read_any = true;
+        let newline = buf.iter().position(|&b| b == b'\n');
+        let chunk = &buf[..newline.unwrap_or(buf.len())];
+        if !too_long && line.len() + chunk.len() > max {
+            too_long = true;
+            line = Vec::new();
+        }
+        if !too_long {
+            line.extend_from_slice(chunk);
+        }
+        let used = newline.map_or(buf.len(), |i| i + 1);
+        r.consume(used);
+        if newline.is_some() {
+            break;
+        }
+    }
+    Ok(match (read_any, too_long) {
+        (false, _) => None,
+        (true, true) => Some(Input::TooLong),
+        (true, false) => {
+            if line.last() == Some(&b'\r') {
+                line.pop();
+            }
+            Some(Input::Line(line))
+        }
+    })
+}
+
+/// Reads stdin on a thread of its own, a line at a time (the channel closes at end of input).
+/// A plain thread rather than tokio's stdin, whose blocking read would hold up the runtime's
+/// shutdown until the next line arrived.
+fn read_stdin() -> tokio::sync::mpsc::Receiver<Input> {
+    let (tx, rx) = tokio::sync::mpsc::channel(1);
+    let spawned = std::thread::Builder::new()
+        .name("murmur-stdin".into())
+        .spawn(move || {
+            let stdin = io::stdin();
+            let mut r = stdin.lock();
+            while let Ok(Some(input)) = read_line(&mut r, MAX_LINE) {
+                if tx.blocking_send(input).is_err() {
+                    return;
+                }
+            }
+        });
+    if let Err(e) = spawned {
+        let _ = writeln!(io::stderr(), "murmur: cannot read commands from stdin: {e}");
+    }
+    rx
+}
+
+/// Why the program stops with a failure status.
+enum Failure {
+    /// Exit status 1.
+    Error(String),
+    /// Exit status 3 (clap's usage errors take 2): a one-shot `get` found no value.
+    NotFound(String),
+}
+
+impl From<murmur::Error> for Failure {
+    fn from(e: murmur::Error) -> Self {
+        Failure::Error(e.to_string())
+    }
+}
+
+impl From<String> for Failure {
+    fn from(e: String) -> Self {
+        Failure::Error(e)
+    }
+}
+
+impl From<io::Error> for Failure {
+    fn from(e: io::Error) -> Self {
+        Failure::Error(e.to_string())
+    }
+}
+
+async fn run(cli: &Cli, bootstrap: &[String], mut watch: bool) -> Result<(), Failure> {
+    // Signal handlers first: a signal that arrives while the store opens stops the node
+    // gracefully once it is up, instead of killing it.
+    let mut term = signal(SignalKind::terminate())?;
+    let mut interrupt = signal(SignalKind::interrupt())?;
     let swarm = builder(cli)?
         .bootstrap(bootstrap.iter().cloned())
         .build()
-        .await
-        .map_err(|e| e.to_string())?;
-    swarm.start().await.map_err(|e| e.to_string())?;
-    println!("id: {}", swarm.node_id());
-    println!("ticket: {}", swarm.ticket());
-    println!("ready (type help)");
-    let _ = std::io::stdout().flush();
+        .await?;
+    swarm.start().await?;
+    say!("id: {}", swarm.node_id());
+    say!("ticket: {}", swarm.ticket());
+    say!("ready (type help)");
 
     let mut events = swarm.subscribe();
-    let mut lines = BufReader::new(tokio::io::stdin()).lines();
+    let mut input = read_stdin();
     let mut stdin_open = true;
-    let mut term = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())
-        .map_err(|e| e.to_string())?;
     loop {
         tokio::select! {
-            line = lines.next_line(), if stdin_open => match line {
-                Ok(Some(l)) => {
+            _ = term.recv() => break,
+            _ = interrupt.recv() => break,
+            line = input.recv(), if stdin_open => match line {
+                Some(Input::Line(l)) => {
                     if !execute(&swarm, &l, &mut watch).await {
                         break;
                     }
                 }
+                Some(Input::TooLong) => say!(
+                    "error: line longer than {MAX_LINE} bytes ignored (no command needs more)"
+                ),
                 // No more input (e.g. started in the background): keep serving.
-                _ => stdin_open = false,
+                None => stdin_open = false,
             },
             Some(e) = events.recv() => {
                 if watch {
                     print_event(&e);
-                    let _ = std::io::stdout().flush();
                 }
             }
-            _ = tokio::signal::ctrl_c() => break,
-            _ = term.recv() => break,
         }
     }
-    swarm.shutdown().await.map_err(|e| e.to_string())?;
-    println!("shut down");
+    swarm.shutdown().await?;
+    say!("shut down");
     Ok(())
 }
 
-async fn one_shot(cli: &Cli) -> Result<(), String> {
-    let swarm = builder(cli)?.build().await.map_err(|e| e.to_string())?;
-    let r: Result<(), murmur::Error> = async {
+async fn one_shot(cli: &Cli) -> Result<(), Failure> {
+    let swarm = builder(cli)?.build().await?;
+    let r: Result<(), Failure> = async {
         match &cli.command {
             Command::Put { key, value } => swarm.put(key, value.as_bytes()).await?,
             Command::Get { key } => match swarm.get(key).await? {
-                Some(v) => println!("{}", show(&v)),
-                None => return Err(murmur::Error::Config(format!("key {key:?} not found"))),
+                Some(v) => say!("{}", show(&v)),
+                None => return Err(Failure::NotFound(format!("key {key:?} not found"))),
             },
             Command::Delete { key } => swarm.delete(key).await?,
             Command::List { prefix } => {
                 for k in swarm.keys(prefix.as_deref().unwrap_or("")).await? {
                     if let Some(v) = swarm.get(&k).await? {
-                        println!("{k} = {}", show(&v));
+                        say!("{k} = {}", show(&v));
                     }
                 }
             }
-            Command::Id => println!("{}", swarm.node_id()),
-            Command::Run { .. } => unreachable!("handled by run"),
+            Command::Id => say!("{}", swarm.node_id()),
+            Command::Run { .. } => {}
         }
         Ok(())
     }
     .await;
     let closed = swarm.shutdown().await;
-    r.map_err(|e| e.to_string())?;
-    closed.map_err(|e| e.to_string())
+    r?;
+    closed.map_err(Failure::from)
 }
 
 #[tokio::main]
@@ -368,8 +551,18 @@ async fn main() {
         Command::Run { bootstrap, watch } => run(&cli, bootstrap, *watch).await,
         _ => one_shot(&cli).await,
     };
-    if let Err(e) = result {
-        eprintln!("murmur: {e}");
-        std::process::exit(1);
-    }
+    let code = match result {
+        Ok(()) => 0,
+        Err(Failure::Error(e)) => {
+            let _ = writeln!(io::stderr(), "murmur: {e}");
+            1
+        }
+        Err(Failure::NotFound(e)) => {
+            let _ = writeln!(io::stderr(), "murmur: {e}");
+            3
+        }
+    };
+    // Exit here rather than by dropping the runtime: the node is shut down (or never ran), and
+    // nothing left (a thread blocked reading stdin, say) may hold the process up.
+    std::process::exit(code);
 }

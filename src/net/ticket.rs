@@ -25,10 +25,17 @@ pub(crate) fn encode(addr: &EndpointAddr) -> String {
     format!("{PREFIX}{}", b32().encode(&bytes))
 }
 
-/// Parses a ticket, `<id>@<addr>[,<addr>]` or a bare node ID.
+/// How many characters of a refused input an error repeats.
+const ECHO_CHARS: usize = 80;
+
+/// Parses a ticket, `<id>@<addr>[,<addr>]` or a bare node ID. A ticket must decode to exactly
+/// one address: trailing bytes (a ticket with something appended, or garbage) are refused.
 pub(crate) fn parse(input: &str) -> Result<EndpointAddr> {
     let bad = |reason: &str| Error::InvalidTicket {
-        input: input.to_string(),
+        input: match input.char_indices().nth(ECHO_CHARS) {
+            Some((end, _)) => format!("{}… ({} bytes)", &input[..end], input.len()),
+            None => input.to_string(),
+        },
         reason: reason.to_string(),
     };
     let s = input.trim();
@@ -36,7 +43,15 @@ pub(crate) fn parse(input: &str) -> Result<EndpointAddr> {
         let bytes = b32()
             .decode(rest.as_bytes())
             .map_err(|_| bad("not valid base32 after the `murmur` prefix"))?;
-        return postcard::from_bytes(&bytes).map_err(|_| bad("does not decode as an address"));
+        let (addr, extra) = postcard::take_from_bytes::<EndpointAddr>(&bytes)
+            .map_err(|_| bad("does not decode as an address"))?;
+        if !extra.is_empty() {
+            return Err(bad(&format!(
+                "{} bytes follow the address (a ticket encodes exactly one address; was it cut or pasted twice?)",
+                extra.len()
+            )));
+        }
+        return Ok(addr);
     }
     let (id, addrs) = match s.split_once('@') {
         Some((id, addrs)) => (id, Some(addrs)),
@@ -83,5 +98,35 @@ mod tests {
                 "{bad:?} accepted"
             );
         }
+    }
+
+    /// `murmur` + 100 000 × `a` decodes to zeros: an all-zero node ID followed by 62 kB that
+    /// were once ignored. Anything after the address, or a ticket cut short, is refused, and
+    /// the error does not repeat a huge input in full.
+    #[test]
+    fn trailing_bytes_and_wrong_lengths_are_refused() {
+        let long = format!("murmur{}", "a".repeat(100_000));
+        let e = parse(&long).expect_err("a ticket with trailing bytes");
+        let msg = e.to_string();
+        assert!(matches!(e, Error::InvalidTicket { .. }), "{msg}");
+        assert!(msg.contains("bytes follow the address"), "{msg}");
+        assert!(msg.len() < 500, "the error repeats {} bytes", msg.len());
+
+        let id = iroh::SecretKey::from_bytes(&[7; 32]).public();
+        let addr = EndpointAddr::new(id).with_ip_addr("127.0.0.1:4242".parse().unwrap());
+        let mut bytes = postcard::to_stdvec(&addr).unwrap();
+        bytes.push(0);
+        let appended = format!("{PREFIX}{}", b32().encode(&bytes));
+        assert!(
+            matches!(parse(&appended), Err(Error::InvalidTicket { .. })),
+            "one trailing byte accepted"
+        );
+        let t = encode(&addr);
+        let twice = format!("{t}{}", &t[PREFIX.len()..]);
+        assert!(parse(&twice).is_err(), "a ticket pasted twice accepted");
+        for cut in [t.len() - 8, t.len() - 16, PREFIX.len() + 8] {
+            assert!(parse(&t[..cut]).is_err(), "ticket cut to {cut} accepted");
+        }
+        assert_eq!(parse(&t).unwrap(), addr);
     }
 }
