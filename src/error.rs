@@ -10,7 +10,7 @@ use std::path::PathBuf;
 pub type Result<T, E = Error> = std::result::Result<T, E>;
 
 /// Everything that can go wrong in a Murmur call.
-#[derive(Debug, thiserror::Error)]
+#[derive(Debug, Clone, thiserror::Error)]
 #[non_exhaustive]
 pub enum Error {
     /// The key is empty, longer than [`MAX_KEY_LEN`](crate::MAX_KEY_LEN) bytes, or contains a
@@ -39,7 +39,10 @@ pub enum Error {
         /// The locked directory.
         path: PathBuf,
     },
-    /// The database or the document stored in it cannot be read.
+    /// The database file is damaged: SQLite finds it malformed or not a database, the document
+    /// stored in it does not decode, or a directory that held a node has an empty database
+    /// file. Never reported for a full disk, missing permissions or a lock: those are
+    /// [`Error::Storage`], and the store opens once they are fixed.
     #[error("the database in {path} is corrupt or not a Murmur database ({detail}); restore it from a backup or move it away to start empty and resync from peers")]
     Corrupt {
         /// The data directory.
@@ -47,7 +50,11 @@ pub enum Error {
         /// What failed to read.
         detail: String,
     },
-    /// A filesystem or SQLite operation failed (disk full, permissions, ...).
+    /// A filesystem or SQLite operation failed on a store that is not known to be damaged: the
+    /// disk is full, a file or directory cannot be written (permissions, a read-only file
+    /// system), another connection holds the database locked, an I/O error. The message says
+    /// which and what to do; nothing stored is lost, and the operation can be retried once
+    /// the cause is gone.
     #[error("storage error: {0}")]
     Storage(String),
     /// A builder option or argument is not acceptable.
@@ -67,10 +74,4 @@ pub enum Error {
     /// The operation needs `start()` to have been called first.
     #[error("the swarm is not started: call Swarm::start() first")]
     NotStarted,
-}
-
-impl From<rusqlite::Error> for Error {
-    fn from(e: rusqlite::Error) -> Self {
-        Error::Storage(e.to_string())
-    }
 }

@@ -549,13 +549,25 @@ impl Replica {
             let epoch = store.epoch()?;
             let doc = KvDoc::load(stored.snapshot.as_deref(), &stored.changes, &me, &epoch)
                 .map_err(|e| store.corrupt(e))?;
-            Ok::<_, Error>((secret_key, me, snapshot_len, change_bytes, epoch, doc))
+            // Read while the open may still fail leaving the file untouched (`Store::open_and`).
+            let term = store.meta_i64("term")?.unwrap_or(0).max(0) as u64;
+            let peer_addrs = store.peer_addrs()?;
+            let saved_sync = store.peer_sync_states()?;
+            let parts = (
+                snapshot_len,
+                change_bytes,
+                epoch,
+                doc,
+                term,
+                peer_addrs,
+                saved_sync,
+            );
+            Ok((secret_key, me, parts))
         })?;
-        let (secret_key, me, snapshot_len, change_bytes, epoch, doc) = loaded?;
+        let (secret_key, me, parts) = loaded;
+        let (snapshot_len, change_bytes, epoch, doc, term, peer_addrs, saved_sync) = parts;
+        let saved_sync = saved_sync.into_iter().collect();
         let reader = store.reader()?;
-        let term = store.meta_i64("term")?.unwrap_or(0).max(0) as u64;
-        let peer_addrs = store.peer_addrs()?;
-        let saved_sync = store.peer_sync_states()?.into_iter().collect();
 
         let all = doc.all_entries();
         let mut present = Vec::with_capacity(all.len());
@@ -2017,13 +2029,8 @@ impl Replica {
 }
 
 fn clone_err(e: &Error) -> Error {
-    match e {
-        Error::Corrupt { path, detail } => Error::Corrupt {
-            path: path.clone(),
-            detail: detail.clone(),
-        },
-        other => Error::Storage(other.to_string()),
-    }
+    // Not `Error::Storage(e.to_string())`: that said "storage error: storage error: ...".
+    e.clone()
 }
 
 /// A node ID in iroh's text form (lowercase hex of the public key).

@@ -179,6 +179,12 @@ fn a_second_process_on_a_running_nodes_directory_gets_a_clear_error() {
     assert!(!out.status.success());
     let err = String::from_utf8_lossy(&out.stderr);
     assert!(err.contains("in use by another Murmur instance"), "{err}");
+    // Deleting the lock file does not let a second process in: the directory itself is locked.
+    std::fs::remove_file(d.path().join("murmur.lock")).unwrap();
+    let out = murmur(d.path()).args(["get", "k"]).output().unwrap();
+    assert!(!out.status.success());
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(err.contains("in use by another Murmur instance"), "{err}");
     a.quit();
 }
 

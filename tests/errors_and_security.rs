@@ -103,6 +103,216 @@ async fn a_corrupt_database_is_reported_and_left_untouched() {
     );
 }
 
+/// `n` bytes of deterministic garbage (xorshift).
+fn garbage(n: usize, mut x: u64) -> Vec<u8> {
+    (0..n)
+        .map(|_| {
+            x ^= x << 13;
+            x ^= x >> 7;
+            x ^= x << 17;
+            (x >> 32) as u8
+        })
+        .collect()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn garbage_in_the_middle_of_the_database_is_corrupt_and_left_untouched() {
+    let d = tempfile::tempdir().unwrap();
+    let s = builder(d.path()).build().await.unwrap();
+    for i in 0..300u32 {
+        s.put(&format!("key{i:04}"), &[i as u8; 300]).await.unwrap();
+    }
+    s.shutdown().await.unwrap();
+    let db = d.path().join("murmur.sqlite3");
+    assert!(
+        !d.path().join("murmur.sqlite3-wal").exists(),
+        "checkpointed into the database on close"
+    );
+    // One page of garbage in the middle of the file: what a bad sector or a stray write does.
+    let mut bytes = std::fs::read(&db).unwrap();
+    assert!(bytes.len() >= 20 * 4096, "{} bytes", bytes.len());
+    let mid = bytes.len() / 2 / 4096 * 4096;
+    bytes[mid..mid + 4096].copy_from_slice(&garbage(4096, 0x9E37_79B9_7F4A_7C15));
+    std::fs::write(&db, &bytes).unwrap();
+    match builder(d.path()).build().await {
+        Err(e @ Error::Corrupt { .. }) => {
+            assert!(e.to_string().contains("malformed"), "says why: {e}")
+        }
+        other => panic!("expected Corrupt, got {other:?}"),
+    }
+    assert!(
+        std::fs::read(&db).unwrap() == bytes,
+        "the file was not modified"
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_database_locked_by_another_connection_is_a_storage_error_that_says_so_once() {
+    let d = tempfile::tempdir().unwrap();
+    let s = builder(d.path()).build().await.unwrap();
+    s.put("k", b"v").await.unwrap();
+    // An sqlite3 shell or a backup tool holding the write lock longer than Murmur waits (5 s).
+    let other = rusqlite::Connection::open(d.path().join("murmur.sqlite3")).unwrap();
+    other.execute_batch("BEGIN IMMEDIATE").unwrap();
+    let put = tokio::time::timeout(DEADLINE, s.put("k2", b"w")).await;
+    let e = put
+        .expect("the put gives up")
+        .expect_err("the lock is held");
+    assert!(matches!(e, Error::Storage(_)), "{e:?}");
+    let m = e.to_string();
+    assert!(m.contains("locked by another connection"), "{m}");
+    assert!(m.contains("close it and retry"), "{m}");
+    assert_eq!(m.matches("storage error").count(), 1, "{m}");
+    other.execute_batch("ROLLBACK").unwrap();
+    drop(other);
+    s.put("k2", b"w").await.unwrap();
+    assert_eq!(s.get("k2").await.unwrap(), Some(b"w".to_vec()));
+    s.shutdown().await.unwrap();
+}
+
+/// A small tmpfs mounted on a temporary directory (as root), unmounted when dropped.
+struct SmallDisk {
+    dir: tempfile::TempDir,
+}
+
+impl SmallDisk {
+    /// Mounts one of `size` (`2m`), or says loudly why not and returns `None` where mounting
+    /// is not permitted (not root, or no CAP_SYS_ADMIN).
+    fn mount(size: &str) -> Option<SmallDisk> {
+        use std::io::Write;
+        let dir = tempfile::tempdir().unwrap();
+        let out = std::process::Command::new("mount")
+            .args(["-t", "tmpfs", "-o", &format!("size={size}"), "tmpfs"])
+            .arg(dir.path())
+            .output()
+            .expect("run mount");
+        if out.status.success() {
+            return Some(SmallDisk { dir });
+        }
+        let why = String::from_utf8_lossy(&out.stderr).to_lowercase();
+        let permitted = ![
+            "permission denied",
+            "not permitted",
+            "superuser",
+            "only root",
+        ]
+        .iter()
+        .any(|w| why.contains(w));
+        assert!(!permitted, "mount failed: {why}");
+        // Straight to the process's stderr: the test harness shows captured output only on
+        // failure, and this test must not pass silently.
+        let _ = writeln!(
+            std::io::stderr(),
+            "SKIPPED (not tested): mounting a tmpfs is not permitted here ({}); run as root \
+             to test a full disk",
+            why.trim()
+        );
+        None
+    }
+
+    fn path(&self) -> &std::path::Path {
+        self.dir.path()
+    }
+
+    /// Fills the disk with a ballast file, to the last byte; returns its path.
+    fn fill(&self) -> std::path::PathBuf {
+        use std::io::Write;
+        let path = self.path().join("ballast");
+        let mut f = std::fs::File::create(&path).unwrap();
+        for chunk in [64 * 1024, 4096, 1] {
+            let buf = vec![0xBA; chunk];
+            while f.write_all(&buf).is_ok() {}
+        }
+        let _ = f.sync_all();
+        path
+    }
+
+    fn remount(&self, opt: &str) {
+        let ok = std::process::Command::new("mount")
+            .args(["-o", &format!("remount,{opt}")])
+            .arg(self.path())
+            .status()
+            .unwrap()
+            .success();
+        assert!(ok, "remount {opt}");
+    }
+}
+
+impl Drop for SmallDisk {
+    fn drop(&mut self) {
+        let umount = |lazy: bool| {
+            let mut c = std::process::Command::new("umount");
+            if lazy {
+                c.arg("-l");
+            }
+            c.arg(self.dir.path()).status().is_ok_and(|s| s.success())
+        };
+        if !umount(false) {
+            umount(true);
+        }
+    }
+}
+
+/// What a full disk must say: a storage error (never "corrupt"), once, with what to do.
+fn says_disk_full(e: &Error) {
+    let m = e.to_string();
+    assert!(matches!(e, Error::Storage(_)), "expected Storage, got {m}");
+    assert!(m.contains("full") && m.contains("free some space"), "{m}");
+    assert_eq!(m.matches("storage error").count(), 1, "{m}");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_full_disk_is_a_storage_error_and_the_store_opens_intact_once_space_returns() {
+    let Some(disk) = SmallDisk::mount("2m") else {
+        return;
+    };
+    let d = disk.path().join("node");
+    let s = builder(&d).build().await.unwrap();
+    let id = s.node_id();
+    s.put("k", b"v").await.unwrap();
+
+    // A write that finds the disk full.
+    let ballast = disk.fill();
+    let put = tokio::time::timeout(DEADLINE, s.put("big", &vec![7u8; 256 * 1024])).await;
+    says_disk_full(&put.expect("the put gives up").expect_err("no space for it"));
+    std::fs::remove_file(&ballast).unwrap();
+    s.put("after", b"w").await.unwrap();
+    s.shutdown().await.unwrap();
+
+    // An open that finds the disk full: an intact store, not a corrupt one.
+    let ballast = disk.fill();
+    match builder(&d).build().await {
+        Err(e) => says_disk_full(&e),
+        Ok(s) => {
+            s.shutdown().await.unwrap();
+            panic!("opened on a full disk");
+        }
+    }
+    std::fs::remove_file(&ballast).unwrap();
+
+    // A read-only file system: a storage error that says so.
+    disk.remount("ro");
+    match builder(&d).build().await {
+        Err(e @ Error::Storage(_)) => {
+            assert!(e.to_string().to_lowercase().contains("read-only"), "{e}")
+        }
+        Err(e) => panic!("expected Storage, got {e}"),
+        Ok(s) => {
+            s.shutdown().await.unwrap();
+            panic!("opened read-only as if writable");
+        }
+    }
+    disk.remount("rw");
+
+    // Space is back: the same node, with its data.
+    let s = builder(&d).build().await.unwrap();
+    assert_eq!(s.node_id(), id);
+    assert_eq!(s.get("k").await.unwrap(), Some(b"v".to_vec()));
+    assert_eq!(s.get("after").await.unwrap(), Some(b"w".to_vec()));
+    assert_eq!(s.get("big").await.unwrap(), None);
+    s.shutdown().await.unwrap();
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn bad_configuration_and_tickets_are_refused() {
     let d = tempfile::tempdir().unwrap();
