@@ -107,3 +107,64 @@ async fn a_lone_node_leads_itself_and_its_term_survives_restart() {
     );
     n.shutdown().await.unwrap();
 }
+
+/// The fencing token changes when leadership changes, not otherwise: followers that restart
+/// (again and again, the lowest and the middle node in turn) follow the same leader at the
+/// same term, and the leader never claims a new one for them.
+///
+/// Ignored for now: it fails in about half the runs, not because of the election but because
+/// of a connection race it exposes. A restarted node dials its peers while they, having just
+/// learned its new address, dial it; sometimes both connections of a pair end up closed, the
+/// restarted node finds itself with no higher peer and claims leadership (a real term change,
+/// seen in the events as `down` of both peers right after the restart). The election part is
+/// covered deterministically by `election::sim_tests::follower_restarts_keep_the_term`.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+#[ignore = "fails intermittently on a simultaneous-dial race in src/net (both connections closed)"]
+async fn follower_restarts_leave_the_leaders_term_unchanged() {
+    let dirs = dirs_by_id(3).await;
+    let low = node(dirs[0].1.path(), &[]).await;
+    let mid = node(dirs[1].1.path(), &[low.ticket()]).await;
+    let high = node(dirs[2].1.path(), &[low.ticket()]).await;
+    agree_on_leader(&[&low, &mid, &high], &dirs[2].0).await;
+    wait_until("all nodes report the same leader term", || {
+        let refs = [&low, &mid, &high];
+        async move {
+            let ts = terms(&refs).await;
+            ts.iter().all(|x| *x == ts[0] && *x > 0)
+        }
+    })
+    .await;
+    let term = high.leader_term().await;
+    let mut leader_events = high.subscribe();
+    let ticket = high.ticket();
+
+    let (mut low, mut mid) = (low, mid);
+    for round in 0..4 {
+        let restarted = if round % 2 == 0 { &mut low } else { &mut mid };
+        let dir = if round % 2 == 0 {
+            &dirs[0].1
+        } else {
+            &dirs[1].1
+        };
+        restarted.shutdown().await.unwrap();
+        *restarted = node(dir.path(), std::slice::from_ref(&ticket)).await;
+        agree_on_leader(&[&low, &mid, &high], &dirs[2].0).await;
+        assert_eq!(
+            terms(&[&low, &mid, &high]).await,
+            vec![term; 3],
+            "round {round}: a follower's restart changed the leader's term"
+        );
+    }
+    // The leader itself never reported a change (no new claim) during all this.
+    while let Ok(Some(ev)) =
+        tokio::time::timeout(std::time::Duration::from_millis(1), leader_events.recv()).await
+    {
+        assert!(
+            !matches!(ev, murmur::Event::LeaderChanged { .. }),
+            "the leader re-announced itself: {ev:?}"
+        );
+    }
+    for n in [low, mid, high] {
+        n.shutdown().await.unwrap();
+    }
+}
