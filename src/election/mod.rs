@@ -494,6 +494,12 @@ impl<I: Ord + Clone + std::fmt::Debug> Election<I> {
         if from < self.me {
             return; // only higher nodes answer; ignore nonsense
         }
+        if !self.peers.contains(&from) {
+            // A stale answer from a node whose connection is gone (it was in
+            // flight when the node left): waiting a `leader_timeout` for its
+            // announcement would be waiting for nobody.
+            return;
+        }
         if let Role::Candidate { .. } = self.role {
             self.role = Role::AwaitingCoordinator {
                 deadline: now.saturating_add(self.config.leader_timeout),
@@ -521,6 +527,17 @@ impl<I: Ord + Clone + std::fmt::Debug> Election<I> {
         }
 
         // from > me from here on.
+        if !self.peers.contains(&from) {
+            // A claim from a node we have no connection to: a message that was
+            // in flight when the connection went down (typically a leader's
+            // last heartbeat, after it left), or one delivered before
+            // `peer_up`. Following it, even at a term we accepted before,
+            // would mean waiting a whole `leader_timeout` for a node we
+            // cannot hear, and asking it for a new term is pointless. Its term
+            // was recorded above; if it is alive, its next message over the
+            // connection is judged on its merits.
+            return;
+        }
         if let Role::Follower { leader, .. } = &self.role {
             if *leader == from {
                 if t >= self.leader_term {
@@ -562,15 +579,7 @@ impl<I: Ord + Clone + std::fmt::Debug> Election<I> {
             // two different leaders with the same term. Ask it to re-announce
             // with a greater one.
             let term = self.term;
-            let connected = self.peers.contains(&from);
             self.send(from, Message::TermHint { term });
-            if !connected {
-                // A stale claim from a node we have no connection to (e.g. a
-                // heartbeat that was in flight when it crashed) must not make
-                // us give up leadership or wait for it. If it is real, its
-                // re-announcement carries a fresh term and is accepted above.
-                return;
-            }
             match self.role {
                 Role::Leader { .. } => self.step_down(now),
                 // A higher node is alive; wait for its re-announcement instead
