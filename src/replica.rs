@@ -108,9 +108,11 @@ pub(crate) enum Command {
         leading: Option<u64>,
         leader: Option<NodeBytes>,
     },
-    /// Persist the election term.
+    /// Persist the election term and, when given, the election's last reported leader (an
+    /// opaque record, see `net::ElectionRecord`).
     SetTerm {
         term: u64,
+        leader: Option<Vec<u8>>,
         reply: oneshot::Sender<Result<()>>,
     },
     /// Remember a peer's address (postcard-encoded `EndpointAddr`).
@@ -221,6 +223,8 @@ pub(crate) struct Opened {
     pub view: Arc<ReadView>,
     pub secret_key: [u8; 32],
     pub term: u64,
+    /// The election's last reported leader, as `SetTerm` stored it.
+    pub term_leader: Option<Vec<u8>>,
     pub peer_addrs: Vec<(NodeBytes, Vec<u8>)>,
     /// Joined on shutdown so the directory lock is released before `shutdown` returns.
     pub thread: std::thread::JoinHandle<()>,
@@ -256,11 +260,12 @@ pub(crate) fn spawn(cfg: ReplicaConfig) -> Result<Opened> {
         })
         .map_err(|e| Error::Storage(format!("cannot start replica thread: {e}")))?;
     match opened_rx.recv() {
-        Ok(Ok((view, secret_key, term, peer_addrs))) => Ok(Opened {
+        Ok(Ok((view, secret_key, (term, term_leader), peer_addrs))) => Ok(Opened {
             tx,
             view,
             secret_key,
             term,
+            term_leader,
             peer_addrs,
             thread,
         }),
@@ -320,7 +325,12 @@ impl PeerLink {
     }
 }
 
-type OpenInfo = (Arc<ReadView>, [u8; 32], u64, Vec<(NodeBytes, Vec<u8>)>);
+type OpenInfo = (
+    Arc<ReadView>,
+    [u8; 32],
+    (u64, Option<Vec<u8>>),
+    Vec<(NodeBytes, Vec<u8>)>,
+);
 
 /// A whole document sent to this empty replica, being loaded on another thread.
 ///
@@ -525,6 +535,8 @@ struct Effects {
     /// Sync states to persist.
     persist_sync: Vec<(NodeBytes, Vec<u8>)>,
     terms: Vec<(u64, oneshot::Sender<Result<()>>)>,
+    /// The election's last reported leader, from the latest `SetTerm` that had one.
+    term_leader: Option<Vec<u8>>,
     addrs: Vec<(NodeBytes, Vec<u8>)>,
     tick: bool,
     /// The staged epoch's document is complete: carry and switch to it.
@@ -551,6 +563,7 @@ impl Replica {
                 .map_err(|e| store.corrupt(e))?;
             // Read while the open may still fail leaving the file untouched (`Store::open_and`).
             let term = store.meta_i64("term")?.unwrap_or(0).max(0) as u64;
+            let term_leader = store.meta("term_leader")?;
             let peer_addrs = store.peer_addrs()?;
             let saved_sync = store.peer_sync_states()?;
             let parts = (
@@ -558,14 +571,15 @@ impl Replica {
                 change_bytes,
                 epoch,
                 doc,
-                term,
+                (term, term_leader),
                 peer_addrs,
                 saved_sync,
             );
             Ok((secret_key, me, parts))
         })?;
         let (secret_key, me, parts) = loaded;
-        let (snapshot_len, change_bytes, epoch, doc, term, peer_addrs, saved_sync) = parts;
+        let (snapshot_len, change_bytes, epoch, doc, (term, term_leader), peer_addrs, saved_sync) =
+            parts;
         let saved_sync = saved_sync.into_iter().collect();
         let reader = store.reader()?;
 
@@ -623,7 +637,7 @@ impl Replica {
             work_at_tick: 0,
             work_at_release: 0,
         };
-        Ok((replica, (view, secret_key, term, peer_addrs)))
+        Ok((replica, (view, secret_key, (term, term_leader), peer_addrs)))
     }
 
     fn run(mut self, mut rx: mpsc::Receiver<Command>) {
@@ -884,7 +898,14 @@ impl Replica {
                     self.leading = leading;
                     self.leader = leader;
                 }
-                Command::SetTerm { term, reply } => fx.terms.push((term, reply)),
+                Command::SetTerm {
+                    term,
+                    leader,
+                    reply,
+                } => {
+                    fx.term_leader = leader.or(fx.term_leader.take());
+                    fx.terms.push((term, reply));
+                }
                 Command::SavePeerAddr { peer, addr } => fx.addrs.push((peer, addr)),
                 Command::Compact { reply } => {
                     fx.compact.push(reply);
@@ -1043,6 +1064,9 @@ impl Replica {
             }
             for (term, _) in &fx.terms {
                 tx.set_meta("term", &(*term as i64).to_be_bytes())?;
+            }
+            if let Some(leader) = &fx.term_leader {
+                tx.set_meta("term_leader", leader)?;
             }
             for (peer, addr) in &fx.addrs {
                 tx.set_peer_addr(peer, addr)?;

@@ -280,7 +280,13 @@ impl SwarmBuilder {
                 max_value_size: self.max_value_size,
                 state: Mutex::new(State::Built(Box::new(Pending {
                     cfg: net_cfg,
-                    term: opened.term,
+                    record: net::ElectionRecord {
+                        term: opened.term,
+                        leader: opened
+                            .term_leader
+                            .as_deref()
+                            .and_then(net::ElectionRecord::decode_leader),
+                    },
                     known,
                     misbehaved: misbehaved_rx,
                 }))),
@@ -300,7 +306,7 @@ async fn stop_replica(tx: &mpsc::Sender<Command>) {
 /// What `start` needs, kept from `build`.
 struct Pending {
     cfg: NetConfig,
-    term: u64,
+    record: net::ElectionRecord,
     known: Vec<EndpointAddr>,
     misbehaved: mpsc::UnboundedReceiver<(NodeBytes, String)>,
 }
@@ -433,14 +439,14 @@ impl Swarm {
         };
         let Pending {
             cfg,
-            term,
+            record,
             known,
             misbehaved,
         } = *pending;
         let net = net::start(
             self.inner.endpoint.clone(),
             cfg,
-            term,
+            record,
             known,
             self.inner.replica_tx.clone(),
             misbehaved,

@@ -23,7 +23,24 @@
 //! > term that is `>=` every term it emitted before with a leader, and strictly
 //! > greater than every term it emitted with a *different* leader.
 //!
-//! This holds across restarts as long as the driver persisted the term.
+//! So terms never go back, and a node never reports two leaders with one term.
+//! This holds across restarts as long as the driver persisted the term and the
+//! last leader this node reported ([`Output::PersistLeader`]) and hands both
+//! back on restart ([`Election::new`], [`Election::with_last_leader`]).
+//!
+//! # The term changes when leadership changes, not otherwise
+//!
+//! A term is only claimed when a node takes leadership. Nodes joining or
+//! restarting do not make the leader claim again: a node that hears the leader
+//! it last reported (before a restart too), at a term not below the one it
+//! reported it with, follows it at that term, and a lower node that joins
+//! follows whatever leader it hears with a term that is news to it. A
+//! restarted *leader* claims a new term: its reign ended when it stopped, and
+//! the others may have elected someone else meanwhile. The leader re-claims a
+//! greater term only when asked to ([`Message::TermHint`]): by a node that
+//! already saw its term used by someone else, or that cannot tell (a node
+//! whose persisted record predates [`Output::PersistLeader`], or a node that
+//! last reported a different leader).
 //!
 //! What terms can *not* guarantee on their own (no protocol can, when a lost
 //! message is indistinguishable from a crashed peer) is that two nodes never
@@ -164,6 +181,18 @@ pub enum Output<I> {
     /// It is always queued before any `Send` or `LeaderChanged` that depends
     /// on it, so persisting outputs in FIFO order is sufficient.
     PersistTerm(u64),
+    /// This node is about to report `leader` with `term` for the first time
+    /// (queued right before that `LeaderChanged`). The driver persists it and
+    /// hands it to [`Election::with_last_leader`] on restart, so that a
+    /// restarted node can follow the same leader at the same term instead of
+    /// making it claim a new one, and never follows a different leader at a
+    /// term it already reported someone with.
+    PersistLeader {
+        /// The leader (possibly this node).
+        leader: I,
+        /// The term it is reported with.
+        term: u64,
+    },
 }
 
 /// Coarse view of the state machine, for observability and tests.
@@ -207,10 +236,11 @@ pub struct Election<I> {
     role: Role<I>,
     peers: BTreeSet<I>,
     outputs: VecDeque<Output<I>>,
-    /// Last `LeaderChanged` with `Some` this incarnation emitted. Used to
-    /// re-accept the same leader at the same term after a spurious timeout
-    /// (which is fencing-safe and avoids a term bump), and to check the
-    /// fencing invariant in debug builds.
+    /// Last `LeaderChanged` with `Some` this node emitted (in this
+    /// incarnation, or restored with [`Election::with_last_leader`]). Used to
+    /// re-accept the same leader at the same term after a spurious timeout or
+    /// a restart (which is fencing-safe and avoids a term bump), and to check
+    /// the fencing invariant in debug builds.
     last_announced: Option<(I, u64)>,
     /// The peer whose message first raised `term` to its current value
     /// (`None` if it came from our own claim or from disk). Lets us accept
@@ -243,6 +273,29 @@ impl<I: Ord + Clone + std::fmt::Debug> Election<I> {
             last_announced: None,
             term_source: None,
         }
+    }
+
+    /// Restores the leader this node last reported before a restart and the
+    /// term it reported it with (what the driver persisted from
+    /// [`Output::PersistLeader`]). Call it right after [`Election::new`].
+    ///
+    /// With it, a restarted follower that hears the same leader at that term
+    /// follows it without asking it to claim a new term; without it (first
+    /// start, or a record lost), the node conservatively asks for a new term
+    /// when it hears a leader whose term it has already seen. A term above the
+    /// persisted highest term (an inconsistent record) raises it, so terms
+    /// never go back.
+    pub fn with_last_leader(mut self, leader: I, term: u64) -> Self {
+        self.observe_term(term, None);
+        self.leader_term = term;
+        self.last_announced = Some((leader, term));
+        self
+    }
+
+    /// The leader this node last reported and its term, if any (what the
+    /// driver persists on [`Output::PersistLeader`]).
+    pub fn last_leader(&self) -> Option<(&I, u64)> {
+        self.last_announced.as_ref().map(|(l, t)| (l, *t))
     }
 
     /// An authenticated connection to `peer` exists (calling it again for an
@@ -441,6 +494,12 @@ impl<I: Ord + Clone + std::fmt::Debug> Election<I> {
         if from < self.me {
             return; // only higher nodes answer; ignore nonsense
         }
+        if !self.peers.contains(&from) {
+            // A stale answer from a node whose connection is gone (it was in
+            // flight when the node left): waiting a `leader_timeout` for its
+            // announcement would be waiting for nobody.
+            return;
+        }
         if let Role::Candidate { .. } = self.role {
             self.role = Role::AwaitingCoordinator {
                 deadline: now.saturating_add(self.config.leader_timeout),
@@ -468,6 +527,17 @@ impl<I: Ord + Clone + std::fmt::Debug> Election<I> {
         }
 
         // from > me from here on.
+        if !self.peers.contains(&from) {
+            // A claim from a node we have no connection to: a message that was
+            // in flight when the connection went down (typically a leader's
+            // last heartbeat, after it left), or one delivered before
+            // `peer_up`. Following it, even at a term we accepted before,
+            // would mean waiting a whole `leader_timeout` for a node we
+            // cannot hear, and asking it for a new term is pointless. Its term
+            // was recorded above; if it is alive, its next message over the
+            // connection is judged on its merits.
+            return;
+        }
         if let Role::Follower { leader, .. } = &self.role {
             if *leader == from {
                 if t >= self.leader_term {
@@ -509,15 +579,7 @@ impl<I: Ord + Clone + std::fmt::Debug> Election<I> {
             // two different leaders with the same term. Ask it to re-announce
             // with a greater one.
             let term = self.term;
-            let connected = self.peers.contains(&from);
             self.send(from, Message::TermHint { term });
-            if !connected {
-                // A stale claim from a node we have no connection to (e.g. a
-                // heartbeat that was in flight when it crashed) must not make
-                // us give up leadership or wait for it. If it is real, its
-                // re-announcement carries a fresh term and is accepted above.
-                return;
-            }
             match self.role {
                 Role::Leader { .. } => self.step_down(now),
                 // A higher node is alive; wait for its re-announcement instead
@@ -645,7 +707,13 @@ impl<I: Ord + Clone + std::fmt::Debug> Election<I> {
                 (l, term),
                 self.last_announced
             );
-            self.last_announced = Some((l.clone(), term));
+            if self.last_announced.as_ref() != Some(&(l.clone(), term)) {
+                self.last_announced = Some((l.clone(), term));
+                self.outputs.push_back(Output::PersistLeader {
+                    leader: l.clone(),
+                    term,
+                });
+            }
         }
         self.outputs
             .push_back(Output::LeaderChanged { leader, term });

@@ -188,12 +188,41 @@ pub(crate) struct NetHandle {
     pub task: tokio::task::JoinHandle<()>,
 }
 
+/// What the election persisted (the `term` and `leader` meta rows of the store), handed back
+/// on restart.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub(crate) struct ElectionRecord {
+    /// Highest term seen.
+    pub term: u64,
+    /// The leader this node last reported, and its term.
+    pub leader: Option<(NodeBytes, u64)>,
+}
+
+impl ElectionRecord {
+    /// The stored form of [`ElectionRecord::leader`]: 32 bytes of node ID, then the term as
+    /// 8 bytes big-endian.
+    pub fn encode_leader(leader: &(NodeBytes, u64)) -> Vec<u8> {
+        let mut v = Vec::with_capacity(40);
+        v.extend_from_slice(&leader.0);
+        v.extend_from_slice(&leader.1.to_be_bytes());
+        v
+    }
+
+    /// Reads what [`ElectionRecord::encode_leader`] wrote; None for anything else (the node
+    /// then asks a leader whose term it has seen for a new one, which is safe).
+    pub fn decode_leader(bytes: &[u8]) -> Option<(NodeBytes, u64)> {
+        let (id, term) = bytes.split_first_chunk::<32>()?;
+        let term: [u8; 8] = term.try_into().ok()?;
+        Some((*id, u64::from_be_bytes(term)))
+    }
+}
+
 /// Starts the node task (accepting, dialing, election).
 #[allow(clippy::too_many_arguments)]
 pub(crate) fn start(
     endpoint: Endpoint,
     cfg: NetConfig,
-    term: u64,
+    record: ElectionRecord,
     known: Vec<EndpointAddr>,
     replica_tx: mpsc::Sender<Command>,
     misbehaved: mpsc::UnboundedReceiver<(NodeBytes, String)>,
@@ -210,21 +239,28 @@ pub(crate) fn start(
     });
     let (leader_tx, leader_rx) = watch::channel(LeaderState::default());
     let start = Instant::now();
-    let election = Election::new(
+    let mut election = Election::new(
         me,
-        term,
+        record.term,
         election::Config {
             heartbeat_interval: cfg.heartbeat_interval,
             leader_timeout: cfg.leader_timeout,
         },
         Duration::ZERO,
     );
+    if let Some((leader, term)) = record.leader {
+        election = election.with_last_leader(leader, term);
+    }
+    // `with_last_leader` may only raise the term (an inconsistent record), which the next
+    // write persists; nothing else is queued yet.
+    while election.poll_output().is_some() {}
     let mut node = Node {
         endpoint: endpoint.clone(),
         shared: shared.clone(),
         cfg,
         start,
         election,
+        persisted: record,
         peers: HashMap::new(),
         known: HashMap::new(),
         leader_tx,
@@ -315,6 +351,8 @@ struct Node {
     cfg: NetConfig,
     start: Instant,
     election: Election<NodeBytes>,
+    /// What was last handed to the replica to persist.
+    persisted: ElectionRecord,
     peers: HashMap<NodeBytes, PeerConn>,
     known: HashMap<NodeBytes, Known>,
     leader_tx: watch::Sender<LeaderState>,
@@ -618,6 +656,37 @@ impl Node {
         }
     }
 
+    /// Persists the election's current record (highest term, last reported leader) unless
+    /// that was already done, and waits until it is durable: terms are fencing tokens, so they
+    /// are on disk before any message or report that depends on them.
+    ///
+    /// The whole record is written at once: the first of a run of outputs that ask for it
+    /// (`PersistTerm` then `PersistLeader`, typically) writes both, and the others find it
+    /// done, so taking leadership costs one commit.
+    async fn persist_record(&mut self) {
+        let record = ElectionRecord {
+            term: self.election.term(),
+            leader: self.election.last_leader().map(|(l, t)| (*l, t)),
+        };
+        if record == self.persisted {
+            return;
+        }
+        let (tx, rx) = oneshot::channel();
+        let cmd = Command::SetTerm {
+            term: record.term,
+            leader: record.leader.as_ref().map(ElectionRecord::encode_leader),
+            reply: tx,
+        };
+        if self.shared.replica_tx.send(cmd).await.is_ok() {
+            match rx.await {
+                Ok(Ok(())) => self.persisted = record,
+                // Not marked as written: the next output that asks for it tries again.
+                Ok(Err(e)) => warn!("cannot persist term {}: {e}", record.term),
+                Err(_) => {}
+            }
+        }
+    }
+
     /// Carries out what the election state machine asks for.
     async fn drive_election(&mut self) {
         while let Some(out) = self.election.poll_output() {
@@ -627,20 +696,8 @@ impl Node {
                         let _ = p.control.try_send(ControlMsg::Election(msg));
                     }
                 }
-                Output::PersistTerm(term) => {
-                    // The term must be durable before it is announced (it is a fencing token).
-                    let (tx, rx) = oneshot::channel();
-                    if self
-                        .shared
-                        .replica_tx
-                        .send(Command::SetTerm { term, reply: tx })
-                        .await
-                        .is_ok()
-                    {
-                        if let Ok(Err(e)) = rx.await {
-                            warn!("cannot persist term {term}: {e}");
-                        }
-                    }
+                Output::PersistTerm(_) | Output::PersistLeader { .. } => {
+                    self.persist_record().await;
                 }
                 Output::LeaderChanged { leader, term } => {
                     let state = LeaderState {
