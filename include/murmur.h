@@ -142,6 +142,11 @@ typedef enum MurmurStatus {
    */
   MURMUR_ERR_NOT_STARTED = 19,
   /**
+   * This node's clock is further off its peers' than the maximum clock offset: writes are
+   * refused until the system clock is fixed.
+   */
+  MURMUR_ERR_CLOCK_SKEW = 20,
+  /**
    * An error this version of the C ABI has no specific code for (see the message).
    */
   MURMUR_ERR_OTHER = 99,
@@ -368,6 +373,15 @@ typedef struct MurmurPeerInfo {
    * Round-trip time in microseconds, or -1 when unknown.
    */
   int64_t rtt_us;
+  /**
+   * Whether `clock_offset_ms` holds a measurement.
+   */
+  bool clock_offset_known;
+  /**
+   * How far the peer's wall clock is ahead of this node's, in milliseconds (negative:
+   * behind); 0 when `clock_offset_known` is false.
+   */
+  int64_t clock_offset_ms;
 } MurmurPeerInfo;
 
 #ifdef __cplusplus
@@ -426,7 +440,8 @@ void murmur_strings_free(char **strings, size_t len);
  * A new config with the defaults: storage path "./murmur_data", swarm name
  * "murmur-default-swarm", no bootstrap peers, bind address 0.0.0.0:0, default relays, local
  * discovery on, heartbeat 2000 ms, leader timeout 5000 ms, full durability, values up to
- * 1 MiB, 64 peers. Returns NULL only if the library failed internally.
+ * 1 MiB, 64 peers, clocks at most 60000 ms off. Returns NULL only if the library failed
+ * internally.
  */
 struct MurmurConfig *murmur_config_new(void);
 
@@ -546,6 +561,16 @@ enum MurmurStatus murmur_config_set_max_value_size(struct MurmurConfig *config, 
  * `config` is NULL or a pointer returned by `murmur_config_new`.
  */
 enum MurmurStatus murmur_config_set_max_peers(struct MurmurConfig *config, size_t peers);
+
+/**
+ * Sets the largest offset, in milliseconds, between this node's wall clock and the median of
+ * its connected peers' clocks at which it still accepts writes (default 60000); beyond it
+ * writes fail with MURMUR_ERR_CLOCK_SKEW. At least 1 (checked by `murmur_open`).
+ *
+ * # Safety
+ * `config` is NULL or a pointer returned by `murmur_config_new`.
+ */
+enum MurmurStatus murmur_config_set_max_clock_offset_ms(struct MurmurConfig *config, uint64_t ms);
 
 /**
  * Subscribes to the swarm's events from now on: every put and delete (local or remote, with

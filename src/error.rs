@@ -74,4 +74,16 @@ pub enum Error {
     /// The operation needs `start()` to have been called first.
     #[error("the swarm is not started: call Swarm::start() first")]
     NotStarted,
+    /// This node's wall clock is further from its peers' than the configured maximum offset
+    /// ([`SwarmBuilder::max_clock_offset`](crate::SwarmBuilder::max_clock_offset)), so local
+    /// writes are refused: a write stamped by a wrong clock would be ordered wrongly against
+    /// everyone else's.
+    #[error("this node's clock is {offset_ms} ms off the median of its peers' clocks (more than the maximum of {max_ms} ms): writes are refused until the system clock is fixed (enable NTP or set the time)")]
+    ClockSkew {
+        /// This node's clock minus the median of the clocks it measures, in milliseconds
+        /// (positive: this node is ahead).
+        offset_ms: i64,
+        /// The configured maximum offset, in milliseconds.
+        max_ms: u64,
+    },
 }

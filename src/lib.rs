@@ -28,6 +28,7 @@
 
 #![warn(missing_docs)]
 
+pub(crate) mod clock;
 pub(crate) mod doc;
 pub mod election;
 mod error;
@@ -42,6 +43,7 @@ pub(crate) mod store;
 pub mod swarm;
 pub(crate) mod sync;
 
+pub use clock::DEFAULT_MAX_CLOCK_OFFSET;
 pub use error::{Error, Result};
 pub use events::{Event, EventStream};
 pub use history::{EpochId, Policy as CompactionPolicy};

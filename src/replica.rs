@@ -21,6 +21,7 @@ use tokio::sync::{broadcast, mpsc, oneshot};
 use tracing::{debug, warn};
 
 use crate::{
+    clock::Clocks,
     doc::{self, hlc::Hlc, value_hash, Entry, KvDoc, NodeBytes, ValueHash},
     error::{Error, Result},
     events::Event,
@@ -239,6 +240,8 @@ pub(crate) struct ReplicaConfig {
     pub misbehaved: mpsc::UnboundedSender<(NodeBytes, String)>,
     /// When to start new epochs.
     pub policy: Policy,
+    /// The wall clock, and peers' clocks as measured (for tombstone expiry).
+    pub clocks: Arc<Clocks>,
 }
 
 /// Opens the store in `cfg.dir` on a new thread and runs the replica there.
@@ -381,12 +384,14 @@ struct Replica {
     asked: HashMap<ValueHash, Instant>,
     snapshot_len: usize,
     change_bytes: usize,
-    /// Stamps every local write; runs ahead of every stamp seen.
+    /// This node's own clock for stamps (peers' stamps never move it; see [`doc::hlc`]).
     hlc: Hlc,
     /// A commit failed and the document could not be reloaded from the store since: the
     /// in-memory document may hold changes the store lacks, so nothing may use it until a
     /// reload succeeds (tried again at the start of every batch).
     stale: bool,
+    /// The wall clock and the measured peer clocks.
+    clocks: Arc<Clocks>,
     /// The epoch protocol.
     coord: Coordinator,
     staging: Option<Staging>,
@@ -586,9 +591,7 @@ impl Replica {
         let all = doc.all_entries();
         let mut present = Vec::with_capacity(all.len());
         let mut pending: HashMap<ValueHash, Pending> = HashMap::new();
-        let mut hlc = Hlc::default();
         for (key, e) in all {
-            hlc.observe(e.hlc);
             if e.is_tombstone() {
                 continue;
             }
@@ -623,8 +626,9 @@ impl Replica {
             asked: HashMap::new(),
             snapshot_len,
             change_bytes,
-            hlc,
+            hlc: Hlc::default(),
             stale: false,
+            clocks: cfg.clocks,
             coord: Coordinator::new(me, epoch, cfg.policy),
             staging: None,
             loading: None,
@@ -802,7 +806,7 @@ impl Replica {
                         let r = match op {
                             WriteOp::Put { key, value } => {
                                 let h = value_hash(&value);
-                                let t = self.hlc.stamp(Hlc::wall_ms());
+                                let t = self.stamp(&key);
                                 let r = self.doc.put(&key, &h, t);
                                 local_values.push((h, value));
                                 fx.local_keys.push((
@@ -816,7 +820,7 @@ impl Replica {
                                 r
                             }
                             WriteOp::Delete { key } => {
-                                let t = self.hlc.stamp(Hlc::wall_ms());
+                                let t = self.stamp(&key);
                                 let r = self.doc.delete(&key, t);
                                 fx.local_keys.push((
                                     key,
@@ -986,7 +990,6 @@ impl Replica {
         } else {
             for c in &remote {
                 let s = self.doc.summarize(c);
-                self.hlc.observe(s.max_hlc);
                 let origin = s.origin.unwrap_or(self.me);
                 fx.remote_keys
                     .extend(s.keys.into_iter().map(|k| (k, origin)));
@@ -1380,6 +1383,13 @@ impl Replica {
         }
     }
 
+    /// The stamp of a local write to `key` now: above the key's winning entry, whoever wrote
+    /// it (see [`doc::hlc`]).
+    fn stamp(&mut self, key: &str) -> u64 {
+        let seen = self.doc.winner(key).map(|e| e.hlc);
+        self.hlc.stamp_over(self.clocks.now_ms(), seen)
+    }
+
     /// Peers known to be in this replica's epoch.
     fn in_step_peers(&self) -> Vec<NodeBytes> {
         self.peers
@@ -1437,8 +1447,11 @@ impl Replica {
 
     /// Starts epoch `epoch` from this replica's state (it leads).
     fn cut(&mut self, epoch: EpochId) -> Result<()> {
-        let entries =
-            history::genesis_entries(self.doc.all_entries(), self.coord.policy(), Hlc::wall_ms());
+        let entries = history::genesis_entries(
+            self.doc.all_entries(),
+            self.coord.policy(),
+            self.clocks.expiry_now_ms(),
+        );
         match KvDoc::genesis(&epoch, &entries, &self.me) {
             Ok(new) => self.switch(new, epoch, 0),
             Err(e) => {
@@ -1457,14 +1470,11 @@ impl Replica {
             return;
         };
         let mut new = st.doc;
-        for (_, e) in new.all_entries() {
-            self.hlc.observe(e.hlc);
-        }
         let carried = history::carry(
             self.doc.all_entries(),
             |k| new.winner(k),
             self.coord.policy(),
-            Hlc::wall_ms(),
+            self.clocks.expiry_now_ms(),
         );
         for (k, e) in &carried {
             if let Err(err) = new.put_entry(k, e) {
@@ -1575,8 +1585,9 @@ impl Replica {
             .map(|_| fx.winners.take().unwrap_or_else(|| self.doc.all_entries()));
         let mut touched: Vec<(String, NodeBytes)> = Vec::new();
         // Without changes from peers in this batch, a key this node wrote holds the entry of its
-        // last write here: its stamp is above every stamp the document holds (the clock has
-        // observed them all). That spares a document lookup per write.
+        // last write here: each write is stamped above the key's winning entry at the time
+        // (`Replica::stamp`), and without peers' changes nothing else entered the document
+        // since. That spares a document lookup per write.
         let mut known: HashMap<String, Entry> = HashMap::new();
         if all.is_none() {
             if fx.remote_keys.is_empty() {
@@ -1589,9 +1600,6 @@ impl Replica {
             if touched.len() > RESCAN_THRESHOLD && touched.len() > self.view.len() / 4 {
                 all = Some(self.doc.all_entries());
             }
-        }
-        if let Some(max) = all.iter().flatten().map(|(_, e)| e.hlc).max() {
-            self.hlc.observe(max);
         }
 
         // Values written or received in this batch: no need to read them back from the store.
@@ -2152,6 +2160,7 @@ mod tests {
             events: broadcast::channel(16).0,
             misbehaved,
             policy: Default::default(),
+            clocks: Arc::new(crate::clock::Clocks::new(Default::default(), 0)),
         };
         let (mut a, _) = Replica::open(cfg, own_tx.downgrade()).unwrap();
         let b: super::NodeBytes = [0xBB; 32];

@@ -15,6 +15,7 @@ use iroh::{Endpoint, EndpointAddr};
 use tokio::sync::{broadcast, mpsc, oneshot};
 
 use crate::{
+    clock::{Clocks, DEFAULT_MAX_CLOCK_OFFSET},
     doc::NodeBytes,
     error::{Error, Result},
     events::{Event, EventStream},
@@ -88,6 +89,8 @@ pub struct SwarmBuilder {
     compaction: crate::CompactionPolicy,
     max_value_size: usize,
     max_peers: usize,
+    max_clock_offset: Duration,
+    clock_skew_ms: i64,
 }
 
 impl Default for SwarmBuilder {
@@ -105,6 +108,8 @@ impl Default for SwarmBuilder {
             compaction: crate::CompactionPolicy::default(),
             max_value_size: DEFAULT_MAX_VALUE_SIZE,
             max_peers: 64,
+            max_clock_offset: DEFAULT_MAX_CLOCK_OFFSET,
+            clock_skew_ms: 0,
         }
     }
 }
@@ -204,6 +209,27 @@ impl SwarmBuilder {
         self
     }
 
+    /// The largest difference between this node's wall clock and the median of its connected
+    /// peers' clocks (its own counted) at which it still accepts local writes; beyond it
+    /// `put` and `delete` fail with [`Error::ClockSkew`]. Default 60 s
+    /// ([`DEFAULT_MAX_CLOCK_OFFSET`](crate::DEFAULT_MAX_CLOCK_OFFSET)): NTP keeps computers and phones within milliseconds of
+    /// each other, and a clock a minute off is misconfigured, while a tighter bound would
+    /// refuse writes on a device whose clock merely drifted while offline. Concurrent writes
+    /// are ordered by time only as finely as this bound (README, "Clocks"). Must be at least
+    /// 1 ms.
+    pub fn max_clock_offset(mut self, d: Duration) -> Self {
+        self.max_clock_offset = d;
+        self
+    }
+
+    /// Test hook: runs this node's wall clock `ms` milliseconds ahead of the system clock
+    /// (behind if negative), as a node with a wrong clock would. Not for production use.
+    #[doc(hidden)]
+    pub fn test_clock_skew_ms(mut self, ms: i64) -> Self {
+        self.clock_skew_ms = ms;
+        self
+    }
+
     /// Opens the data directory and binds the endpoint. Networking starts with
     /// [`Swarm::start`].
     pub async fn build(self) -> Result<Swarm> {
@@ -223,6 +249,12 @@ impl SwarmBuilder {
             return Err(Error::Config("max_peers must be at least 1".into()));
         }
         check_policy(&self.compaction)?;
+        if self.max_clock_offset < Duration::from_millis(1) {
+            return Err(Error::Config(
+                "max_clock_offset must be at least 1 ms".into(),
+            ));
+        }
+        let clocks = Arc::new(Clocks::new(self.max_clock_offset, self.clock_skew_ms));
         let bootstrap = self
             .bootstrap
             .iter()
@@ -238,6 +270,7 @@ impl SwarmBuilder {
             events: events.clone(),
             misbehaved: misbehaved_tx,
             policy: self.compaction,
+            clocks: clocks.clone(),
         };
         let opened = tokio::task::spawn_blocking(move || replica::spawn(cfg))
             .await
@@ -278,6 +311,7 @@ impl SwarmBuilder {
                 view: opened.view,
                 events,
                 max_value_size: self.max_value_size,
+                clocks,
                 state: Mutex::new(State::Built(Box::new(Pending {
                     cfg: net_cfg,
                     record: net::ElectionRecord {
@@ -325,6 +359,7 @@ struct Inner {
     view: Arc<ReadView>,
     events: broadcast::Sender<Event>,
     max_value_size: usize,
+    clocks: Arc<Clocks>,
     state: Mutex<State>,
     thread: Mutex<Option<std::thread::JoinHandle<()>>>,
 }
@@ -451,6 +486,7 @@ impl Swarm {
             self.inner.replica_tx.clone(),
             misbehaved,
             self.inner.events.clone(),
+            self.inner.clocks.clone(),
         );
         *state = State::Running(net);
         Ok(())
@@ -458,6 +494,8 @@ impl Swarm {
 
     async fn write(&self, ops: Vec<WriteOp>) -> Result<()> {
         self.check_open()?;
+        // A node whose clock is far off its peers' would stamp writes out of order.
+        self.inner.clocks.check_write()?;
         let (reply, rx) = oneshot::channel();
         self.inner
             .replica_tx

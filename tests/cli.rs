@@ -142,6 +142,18 @@ fn two_cli_nodes_replicate_elect_and_report_peers() {
         l.contains("connected") && !l.contains("disconnected")
     });
     assert!(peers.contains("direct"), "{peers}");
+    // The peer's clock offset, once measured: `clock +0ms` on one machine.
+    let peers = b.poll("peers", |l| {
+        l.contains(" clock ") && !l.ends_with("clock -")
+    });
+    let offset: i64 = peers
+        .rsplit("clock ")
+        .next()
+        .unwrap()
+        .trim_end_matches("ms")
+        .parse()
+        .unwrap();
+    assert!(offset.abs() < 1000, "{peers}");
 
     // Both report the same leader (the greater ID).
     let la = a.poll("leader", |l| !l.starts_with("leader none"));

@@ -230,3 +230,66 @@ async fn writes_racing_a_compaction_are_not_lost() {
         n.shutdown().await.unwrap();
     }
 }
+
+/// Issue 15, deleted values: a leader whose clock runs 40 days ahead cuts an epoch while no
+/// peer is connected. A tombstone one minute old by everyone else's clock is 40 days old by its
+/// own; it must be kept (a node that measures no peer's clock cannot tell its own is wrong), or
+/// the replica that was offline with the old value brings it back to everyone.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_leader_forty_days_ahead_does_not_forget_a_fresh_deletion() {
+    const DAY_MS: i64 = 24 * 3600 * 1000;
+    let (dl, dx, dd) = (
+        tempfile::tempdir().unwrap(),
+        tempfile::tempdir().unwrap(),
+        tempfile::tempdir().unwrap(),
+    );
+    let manual = |dir: &std::path::Path| builder(dir).compaction(CompactionPolicy::manual());
+    let l = manual(dl.path())
+        .test_clock_skew_ms(40 * DAY_MS)
+        .build()
+        .await
+        .unwrap();
+    l.start().await.unwrap();
+    let x = manual(dx.path())
+        .bootstrap([l.ticket()])
+        .build()
+        .await
+        .unwrap();
+    x.start().await.unwrap();
+    let d = manual(dd.path())
+        .bootstrap([l.ticket()])
+        .build()
+        .await
+        .unwrap();
+    d.start().await.unwrap();
+    x.put("k", b"old value").await.unwrap();
+    converge(&[&l, &x, &d]).await;
+    // X goes offline holding the value; D deletes it; L has the deletion; D leaves too.
+    x.shutdown().await.unwrap();
+    d.delete("k").await.unwrap();
+    wait_until("L has the deletion", || async {
+        l.get("k").await.unwrap().is_none()
+    })
+    .await;
+    d.shutdown().await.unwrap();
+    // L, alone, leads and cuts an epoch.
+    wait_until("L leads alone", || async { l.is_leader().await }).await;
+    let before = l.epoch();
+    l.compact().await.unwrap();
+    assert!(l.epoch() > before);
+    // X comes back, adopts L's epoch and carries its old state across: the deletion holds.
+    let x = manual(dx.path())
+        .bootstrap([l.ticket()])
+        .build()
+        .await
+        .unwrap();
+    x.start().await.unwrap();
+    same_epoch(&[&l, &x]).await;
+    let map = converge(&[&l, &x]).await;
+    assert!(
+        map.iter().all(|(k, _)| k != "k"),
+        "the deleted value came back: {map:?}"
+    );
+    l.shutdown().await.unwrap();
+    x.shutdown().await.unwrap();
+}

@@ -246,3 +246,106 @@ async fn fresh_node_joins_by_snapshot_and_keeps_it_across_restart() {
     assert_eq!(dump(&b3).await, after);
     b3.shutdown().await.unwrap();
 }
+
+/// Builds and starts a node whose wall clock runs `skew_ms` ahead of the system clock.
+async fn skewed_node(dir: &std::path::Path, peers: &[String], skew_ms: i64) -> murmur::Swarm {
+    let s = builder(dir)
+        .bootstrap(peers.iter().cloned())
+        .test_clock_skew_ms(skew_ms)
+        .build()
+        .await
+        .expect("build");
+    s.start().await.expect("start");
+    s
+}
+
+/// The offset `of` reports for peer `peer`, once measured.
+async fn offset(of: &murmur::Swarm, peer: &murmur::Swarm) -> Option<i64> {
+    of.peers()
+        .await
+        .into_iter()
+        .find(|p| p.id == peer.node_id() && p.connected)
+        .and_then(|p| p.clock_offset_ms)
+}
+
+/// Issue 15, clocks: node F's clock runs a day ahead. Its write must not drag M's and N's
+/// clocks: once M and N have seen it, a partition makes them write one key concurrently, M at
+/// T and N at T + 5 s, and N's later write wins everywhere. While connected, F sees that its
+/// clock is off the others' and refuses writes; `peers()` shows each offset.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_clock_a_day_ahead_neither_drags_the_others_nor_writes_while_connected() {
+    const DAY_MS: i64 = 24 * 3600 * 1000;
+    init_tracing();
+    let (df, dm, dn) = (
+        tempfile::tempdir().unwrap(),
+        tempfile::tempdir().unwrap(),
+        tempfile::tempdir().unwrap(),
+    );
+    // Alone, F cannot tell its clock is wrong: its write is accepted.
+    let f = skewed_node(df.path(), &[], DAY_MS).await;
+    f.put("a", b"from the future").await.unwrap();
+    let m = node(dm.path(), &[f.ticket()]).await;
+    let n = node(dn.path(), &[f.ticket()]).await;
+    wait_until("M and N have F's write", || async {
+        m.get("a").await.unwrap().is_some() && n.get("a").await.unwrap().is_some()
+    })
+    .await;
+    // Every clock is measured; F is a day ahead of both others (to within a few seconds on
+    // a loaded machine), M and N agree.
+    wait_until("every offset measured", || async {
+        offset(&f, &m).await.is_some()
+            && offset(&f, &n).await.is_some()
+            && offset(&m, &f).await.is_some()
+            && offset(&m, &n).await.is_some()
+    })
+    .await;
+    let near = |o: Option<i64>, want: i64| o.is_some_and(|o| (o - want).abs() < 5_000);
+    assert!(near(offset(&f, &m).await, -DAY_MS), "{:?}", f.peers().await);
+    assert!(near(offset(&m, &f).await, DAY_MS), "{:?}", m.peers().await);
+    assert!(near(offset(&m, &n).await, 0), "{:?}", m.peers().await);
+    // F is refused, with the error that says why; M and N write on.
+    match f.put("a", b"again").await {
+        Err(murmur::Error::ClockSkew { offset_ms, max_ms }) => {
+            assert!((offset_ms - DAY_MS).abs() < 5_000, "{offset_ms}");
+            assert_eq!(max_ms, 60_000);
+        }
+        other => panic!("expected ClockSkew, got {other:?}"),
+    }
+    assert!(matches!(
+        f.delete("a").await,
+        Err(murmur::Error::ClockSkew { .. })
+    ));
+    // M overwrites F's key: a writer beats what it saw, whatever its stamp.
+    m.put("a", b"from M").await.unwrap();
+    wait_until("M's overwrite reached everyone", || async {
+        for s in [&f, &n] {
+            if s.get("a").await.unwrap().as_deref() != Some(&b"from M"[..]) {
+                return false;
+            }
+        }
+        true
+    })
+    .await;
+    for s in [&f, &m, &n] {
+        s.shutdown().await.unwrap();
+    }
+
+    // The partition: M writes `b` (twice: with a clock dragged by F's stamp, its counter would
+    // put it ahead) while N is away; then N, with a clock 5 s later, writes it while M is away.
+    let m = node(dm.path(), &[]).await;
+    m.put("b", b"M, first").await.unwrap();
+    m.put("b", b"M at T").await.unwrap();
+    m.shutdown().await.unwrap();
+    let n = skewed_node(dn.path(), &[], 5_000).await;
+    n.put("b", b"N at T+5s").await.unwrap();
+    // Heal.
+    let m = node(dm.path(), &[n.ticket()]).await;
+    let map = converge(&[&m, &n]).await;
+    let b = map
+        .iter()
+        .find(|(k, _)| k == "b")
+        .map(|(_, v)| v.as_slice());
+    assert_eq!(b, Some(&b"N at T+5s"[..]), "the later write wins");
+    m.shutdown().await.unwrap();
+    n.shutdown().await.unwrap();
+}

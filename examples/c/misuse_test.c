@@ -121,6 +121,10 @@ int main(int argc, char **argv) {
     expect("leader timeout", murmur_config_set_leader_timeout_ms(cfg, 500), MURMUR_OK);
     expect("durability", murmur_config_set_durability(cfg, MURMUR_DURABILITY_PROCESS), MURMUR_OK);
     expect("max value size", murmur_config_set_max_value_size(cfg, 1024), MURMUR_OK);
+    expect("max clock offset on NULL config", murmur_config_set_max_clock_offset_ms(NULL, 1000), MURMUR_ERR_NULL_ARG);
+    expect("max clock offset", murmur_config_set_max_clock_offset_ms(cfg, 60000), MURMUR_OK);
+    expect_true("clock skew has its own status",
+                strcmp(murmur_status_name(MURMUR_ERR_CLOCK_SKEW), "MURMUR_ERR_CLOCK_SKEW") == 0);
     expect("open with NULL config", murmur_open(NULL, &swarm), MURMUR_ERR_NULL_ARG);
     expect("open with NULL output", murmur_open(cfg, NULL), MURMUR_ERR_NULL_ARG);
     MurmurConfig *bad = murmur_config_new();

@@ -192,6 +192,12 @@ int main(int argc, char **argv) {
     size_t n = 0;
     CHECK(murmur_peers(a, &peers, &n));
     printf("A knows %zu peer(s), first connected: %s\n", n, n > 0 && peers[0].connected ? "yes" : "no");
+    for (size_t i = 0; i < n; i++) {
+        if (peers[i].clock_offset_known)
+            printf("  %.8s... clock offset %+lld ms\n", peers[i].id, (long long)peers[i].clock_offset_ms);
+        else
+            printf("  %.8s... clock offset not measured yet\n", peers[i].id);
+    }
     murmur_peers_free(peers, n);
 
     CHECK(murmur_shutdown(b));

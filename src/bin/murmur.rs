@@ -106,6 +106,10 @@ struct Cli {
     /// Most peers connected at once (the bound of the full mesh).
     #[arg(long, default_value_t = 64, global = true)]
     max_peers: usize,
+    /// Refuse writes while this node's clock is more than this many milliseconds off the
+    /// median of its peers' clocks.
+    #[arg(long, default_value_t = 60_000, global = true)]
+    max_clock_offset_ms: u64,
     #[command(subcommand)]
     command: Command,
 }
@@ -166,6 +170,7 @@ fn builder(cli: &Cli) -> Result<SwarmBuilder, String> {
         .local_discovery(!cli.no_mdns)
         .heartbeat_interval(Duration::from_millis(cli.heartbeat_ms))
         .leader_timeout(Duration::from_millis(cli.leader_timeout_ms))
+        .max_clock_offset(Duration::from_millis(cli.max_clock_offset_ms))
         .durability(match cli.durability {
             DurabilityArg::Full => Durability::Full,
             DurabilityArg::Process => Durability::Process,
@@ -237,7 +242,8 @@ const HELP: &str = "commands:
   list [prefix]        list keys and values
   count                number of keys
   digest               number of keys and a hash of every key and value (equal digests: equal maps)
-  peers                known peers: connected, direct or relayed, round-trip time
+  peers                known peers: connected, direct or relayed, round-trip time, clock
+                       offset (how far the peer's clock is ahead of this node's)
   leader               the leader, its term, and whether it is this node
   ticket               this node's ticket
   addrs                this node's addresses (direct ones, and its home relay once connected)
@@ -321,8 +327,12 @@ async fn execute(swarm: &Swarm, raw: &[u8], watch: &mut bool) -> bool {
                         PathKind::None => "-",
                     };
                     let rtt = p.rtt.map(|r| format!("{:.2}ms", r.as_secs_f64() * 1e3));
+                    // The peer's clock relative to this node's: `clock +1200ms` runs ahead.
+                    let clock = p
+                        .clock_offset_ms
+                        .map_or_else(|| "-".to_string(), |o| format!("{o:+}ms"));
                     say!(
-                        "{} {} {path} {}",
+                        "{} {} {path} {} clock {clock}",
                         p.id,
                         if p.connected {
                             "connected"

@@ -601,8 +601,6 @@ pub(crate) struct ChangeSummary {
     pub origin: Option<NodeBytes>,
     /// Keys the change put or deleted.
     pub keys: Vec<String>,
-    /// The greatest clock among its entries (0 if none).
-    pub max_hlc: u64,
 }
 
 impl KvDoc {
@@ -630,18 +628,12 @@ impl KvDoc {
     pub fn summarize(&self, change: &Change) -> ChangeSummary {
         let expanded = change.decode();
         let mut keys = Vec::new();
-        let mut max_hlc = 0;
         for op in &expanded.operations {
             let automerge::legacy::Key::Map(k) = &op.key else {
                 continue;
             };
             if !self.in_bucket(&op.obj, k) {
                 continue;
-            }
-            if let OpType::Put(ScalarValue::Bytes(b)) = &op.action {
-                if let Some((_, hlc)) = decode_entry(b) {
-                    max_hlc = max_hlc.max(hlc);
-                }
             }
             if matches!(op.action, OpType::Delete | OpType::Put(_)) {
                 keys.push(k.to_string());
@@ -650,7 +642,6 @@ impl KvDoc {
         ChangeSummary {
             origin: actor_origin(change.actor_id()),
             keys,
-            max_hlc,
         }
     }
 }
@@ -704,7 +695,6 @@ mod tests {
                 origin: A
             })
         );
-        assert_eq!(s.max_hlc, 7);
         d.delete("k", 8).unwrap();
         d.delete("absent", 9).unwrap();
         assert!(d.commit().is_some());

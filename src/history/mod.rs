@@ -36,7 +36,10 @@
 //!
 //! - Tombstones are kept in each genesis for [`Policy::tombstone_ttl`] (30 days by default). A
 //!   replica that was offline longer than that, holding a value deleted meanwhile, brings the
-//!   value back. The same limit as Cassandra's `gc_grace_seconds`.
+//!   value back. The same limit as Cassandra's `gc_grace_seconds`. A tombstone's age is judged
+//!   by the time the replica passes in: the earlier of its own clock and the median of its
+//!   peers' clocks (`crate::clock`), or no time at all (nothing expires) while it measures no
+//!   peer's clock, so one skewed clock cannot make the swarm forget a deletion early.
 //! - Carried entries keep their stamp and value; their origin (in events) becomes the replica
 //!   that carried them.
 //!
@@ -141,8 +144,13 @@ impl Policy {
             && usage.history_bytes > usage.live_bytes.saturating_mul(u64::from(self.ratio))
     }
 
-    /// Whether a tombstone stamped `hlc` may be forgotten at wall time `now_ms`.
-    pub(crate) fn expired(&self, entry: &Entry, now_ms: u64) -> bool {
+    /// Whether a tombstone may be forgotten at wall time `now_ms`: the time tombstone expiry
+    /// goes by, which the replica takes from [`crate::clock::expiry_clock`] (the earlier of its
+    /// own clock and the median of its peers'). None (no peer clock measured): never.
+    pub(crate) fn expired(&self, entry: &Entry, now_ms: Option<u64>) -> bool {
+        let Some(now_ms) = now_ms else {
+            return false;
+        };
         entry.is_tombstone()
             && Hlc::millis(entry.hlc).saturating_add(self.tombstone_ttl.as_millis() as u64) < now_ms
     }
@@ -161,7 +169,7 @@ pub struct Usage {
 pub(crate) fn genesis_entries(
     entries: Vec<(String, Entry)>,
     policy: &Policy,
-    now_ms: u64,
+    now_ms: Option<u64>,
 ) -> Vec<(String, Entry)> {
     entries
         .into_iter()
@@ -176,7 +184,7 @@ pub(crate) fn carry(
     old: Vec<(String, Entry)>,
     new_winner: impl Fn(&str) -> Option<Entry>,
     policy: &Policy,
-    now_ms: u64,
+    now_ms: Option<u64>,
 ) -> Vec<(String, Entry)> {
     old.into_iter()
         .filter(|(k, e)| {
@@ -456,7 +464,12 @@ mod tests {
         ];
         let policy = Policy::default();
         let now = 1u64 << 40;
-        let got = carry(old, |k| new.get(k).copied(), &policy, Hlc::millis(now));
+        let got = carry(
+            old,
+            |k| new.get(k).copied(),
+            &policy,
+            Some(Hlc::millis(now)),
+        );
         let keys: Vec<&str> = got.iter().map(|(k, _)| k.as_str()).collect();
         assert_eq!(keys, vec!["old", "missing", "gone"]);
         // A tombstone past its TTL is forgotten.
@@ -471,9 +484,41 @@ mod tests {
             )],
             |_| None,
             &policy,
-            later,
+            Some(later),
         );
         assert!(got.is_empty());
+    }
+
+    /// Issue 15: a leader whose clock runs 40 days ahead must not drop a one-minute-old
+    /// tombstone. Expiry goes by the earlier of its clock and its peers' median
+    /// ([`crate::clock::expiry_clock`]), and not at all while no peer clock is measured.
+    #[test]
+    fn a_leader_whose_clock_runs_ahead_keeps_a_fresh_tombstone() {
+        const DAY_MS: u64 = 24 * 3600 * 1000;
+        let real_now = 1_700_000_000_000u64;
+        let fresh = Entry {
+            hash: [0; 16],
+            ..e(0, (real_now - 60_000) << 16)
+        };
+        let entries = vec![("gone".to_string(), fresh)];
+        let policy = Policy::default();
+        let leader = real_now + 40 * DAY_MS;
+        // Judged by the skewed clock alone (the old behaviour), it would be dropped.
+        assert!(genesis_entries(entries.clone(), &policy, Some(leader)).is_empty());
+        // With its peers' clocks measured 40 days behind it, it is kept...
+        let offsets = [-(40 * DAY_MS as i64), -(40 * DAY_MS as i64) + 3];
+        for peers in [&offsets[..1], &offsets[..]] {
+            let now = crate::clock::expiry_clock(leader, peers);
+            assert_eq!(genesis_entries(entries.clone(), &policy, now), entries);
+            assert!(carry(entries.clone(), |_| None, &policy, now).len() == 1);
+        }
+        // ...and kept by a leader alone, which cannot tell its clock is wrong.
+        let alone = crate::clock::expiry_clock(leader, &[]);
+        assert_eq!(genesis_entries(entries.clone(), &policy, alone), entries);
+        // Once really past the TTL, by the peers' clocks too, it goes.
+        let later = leader + 31 * DAY_MS;
+        let now = crate::clock::expiry_clock(later, &offsets);
+        assert!(genesis_entries(entries, &policy, now).is_empty());
     }
 
     #[test]

@@ -194,7 +194,7 @@ impl Sim {
                     let entries = genesis_entries(
                         n.map.iter().map(|(k, e)| (k.clone(), *e)).collect(),
                         &self.policy,
-                        now_ms,
+                        Some(now_ms),
                     );
                     n.map = entries.into_iter().collect();
                     n.epoch = epoch;
@@ -209,7 +209,8 @@ impl Sim {
     fn write(&mut self, i: usize, key: &str, delete: bool) {
         let now_ms = self.now.as_millis() as u64;
         let n = &mut self.nodes[i];
-        let hlc = n.clock.stamp(now_ms);
+        // Per-key stamps, as the replica makes them (`doc::hlc`).
+        let hlc = n.clock.stamp_over(now_ms, n.map.get(key).map(|e| e.hlc));
         let hash: ValueHash = if delete {
             TOMBSTONE
         } else {
@@ -238,7 +239,6 @@ impl Sim {
     fn merge(&mut self, i: usize, entries: impl IntoIterator<Item = (String, Entry)>) {
         let n = &mut self.nodes[i];
         for (k, e) in entries {
-            n.clock.observe(e.hlc);
             if better(&e, n.map.get(&k)) {
                 n.map.insert(k, e);
                 n.history += 1;
@@ -265,10 +265,7 @@ impl Sim {
                 let n = &mut self.nodes[to];
                 let old: Vec<(String, Entry)> =
                     n.map.iter().map(|(k, e)| (k.clone(), *e)).collect();
-                let carried = carry(old, |k| map.get(k).copied(), &self.policy, now_ms);
-                for e in map.values() {
-                    n.clock.observe(e.hlc);
-                }
+                let carried = carry(old, |k| map.get(k).copied(), &self.policy, Some(now_ms));
                 n.map = map;
                 n.history = carried.len() as u64;
                 for (k, e) in &carried {

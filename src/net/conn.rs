@@ -298,7 +298,10 @@ async fn read_control(
             Err(e) => return Err(e.to_string()),
         };
         match msg {
-            ControlMsg::Peers { .. } | ControlMsg::Election(_) => {
+            ControlMsg::Peers { .. }
+            | ControlMsg::Election(_)
+            | ControlMsg::ClockPing { .. }
+            | ControlMsg::ClockPong { .. } => {
                 let ev = NodeEvent::Control { peer, conn_id, msg };
                 if shared.node_tx.send(ev).await.is_err() {
                     return Ok("node stopped".into());

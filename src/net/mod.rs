@@ -37,6 +37,7 @@ use tracing::{debug, warn};
 
 use self::{auth::SwarmKey, conn::close, wire::ControlMsg};
 use crate::{
+    clock::{Clocks, OffsetEstimator},
     doc::NodeBytes,
     election::{self, Election, Output},
     error::{Error, Result},
@@ -52,6 +53,8 @@ const BACKOFF_MIN: Duration = Duration::from_millis(250);
 const BACKOFF_MAX: Duration = Duration::from_secs(2);
 /// Anti-entropy period: a sync round with every peer, re-requests of missing values.
 const ANTI_ENTROPY: Duration = Duration::from_secs(1);
+/// How often each peer's clock is measured (and once as soon as it connects).
+const CLOCK_PING: Duration = Duration::from_secs(2);
 /// Longest wait for a QUIC connection to be established. Short, because while a dial is in
 /// flight that peer is not dialed again: after a partition heals, reconnection waits for it.
 const DIAL_TIMEOUT: Duration = Duration::from_secs(3);
@@ -99,6 +102,10 @@ pub struct PeerInfo {
     pub path: PathKind,
     /// Round-trip time of the connection's selected path.
     pub rtt: Option<Duration>,
+    /// How far the peer's wall clock is ahead of this node's (negative: behind), in
+    /// milliseconds, as measured over the connection (accurate to about half the round-trip
+    /// time); None until measured, and for a disconnected peer.
+    pub clock_offset_ms: Option<i64>,
 }
 
 /// Messages to the node task.
@@ -227,6 +234,7 @@ pub(crate) fn start(
     replica_tx: mpsc::Sender<Command>,
     misbehaved: mpsc::UnboundedReceiver<(NodeBytes, String)>,
     events: broadcast::Sender<Event>,
+    clocks: Arc<Clocks>,
 ) -> NetHandle {
     let me = *endpoint.id().as_bytes();
     let (node_tx, node_rx) = mpsc::channel(1024);
@@ -265,6 +273,8 @@ pub(crate) fn start(
         known: HashMap::new(),
         leader_tx,
         events,
+        clocks,
+        next_ping: 0,
     };
     for addr in known.into_iter().chain(node.cfg.bootstrap.clone()) {
         node.learn(addr);
@@ -336,6 +346,10 @@ struct PeerConn {
     conn_id: u64,
     dialer: bool,
     control: mpsc::Sender<ControlMsg>,
+    /// The peer's clock offset, from the answers to our pings.
+    clock: OffsetEstimator,
+    /// The ping awaiting its answer: its id and when it was sent.
+    ping: Option<(u64, Instant)>,
 }
 
 struct Known {
@@ -357,6 +371,9 @@ struct Node {
     known: HashMap<NodeBytes, Known>,
     leader_tx: watch::Sender<LeaderState>,
     events: broadcast::Sender<Event>,
+    clocks: Arc<Clocks>,
+    /// Id of the next clock ping.
+    next_ping: u64,
 }
 
 impl Node {
@@ -371,6 +388,8 @@ impl Node {
     ) {
         let mut reconnect = tokio::time::interval(RECONNECT_CHECK);
         let mut anti_entropy = tokio::time::interval(ANTI_ENTROPY);
+        let mut clock_ping = tokio::time::interval(CLOCK_PING);
+        clock_ping.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
         reconnect.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
         anti_entropy.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
         loop {
@@ -403,6 +422,12 @@ impl Node {
                 _ = anti_entropy.tick() => {
                     let _ = self.shared.replica_tx.try_send(Command::Tick);
                 }
+                _ = clock_ping.tick() => {
+                    let peers: Vec<NodeBytes> = self.peers.keys().copied().collect();
+                    for peer in peers {
+                        self.ping(peer);
+                    }
+                }
             }
             self.drive_election().await;
         }
@@ -431,6 +456,8 @@ impl Node {
                         conn_id,
                         dialer,
                         control: control.clone(),
+                        clock: OffsetEstimator::default(),
+                        ping: None,
                     },
                 );
                 if let Some(old) = &replaced {
@@ -454,6 +481,7 @@ impl Node {
                     k.backoff = BACKOFF_MIN;
                 }
                 let _ = control.try_send(self.peer_list());
+                self.ping(peer);
                 if replaced.is_none() {
                     self.election.peer_up(peer, now);
                     let _ = self.events.send(Event::PeerUp {
@@ -464,6 +492,7 @@ impl Node {
             NodeEvent::Down { peer, conn_id } => {
                 if self.peers.get(&peer).is_some_and(|p| p.conn_id == conn_id) {
                     self.peers.remove(&peer);
+                    self.clocks.remove_peer(&peer);
                     let _ = self
                         .shared
                         .replica_tx
@@ -504,6 +533,26 @@ impl Node {
                         }
                     }
                     ControlMsg::Election(m) => self.election.handle(peer, m, now),
+                    ControlMsg::ClockPing { id, .. } => {
+                        if let Some(p) = self.peers.get(&peer) {
+                            let wall_ms = self.clocks.now_ms();
+                            let _ = p.control.try_send(ControlMsg::ClockPong { id, wall_ms });
+                        }
+                    }
+                    ControlMsg::ClockPong { id, wall_ms } => {
+                        let my_wall = self.clocks.now_ms();
+                        if let Some(p) = self.peers.get_mut(&peer) {
+                            // Only the answer to the ping in flight counts (its round trip is
+                            // known); others are late or made up.
+                            if let Some((_, sent)) = p.ping.take_if(|(pid, _)| *pid == id) {
+                                let rtt = sent.elapsed().as_millis().min(u128::from(u64::MAX));
+                                p.clock.sample(wall_ms, my_wall, rtt as u64);
+                                if let Some(o) = p.clock.offset_ms() {
+                                    self.clocks.set_peer(peer, o);
+                                }
+                            }
+                        }
+                    }
                     _ => {}
                 }
             }
@@ -526,6 +575,21 @@ impl Node {
                 let _ = reply.send(self.peer_infos());
             }
             NodeEvent::Shutdown(_) => unreachable!("handled in run"),
+        }
+    }
+
+    /// Sends `peer` a clock ping (replacing any unanswered one).
+    fn ping(&mut self, peer: NodeBytes) {
+        let id = self.next_ping;
+        self.next_ping = self.next_ping.wrapping_add(1);
+        let wall_ms = self.clocks.now_ms();
+        if let Some(p) = self.peers.get_mut(&peer) {
+            if p.control
+                .try_send(ControlMsg::ClockPing { id, wall_ms })
+                .is_ok()
+            {
+                p.ping = Some((id, Instant::now()));
+            }
         }
     }
 
@@ -748,6 +812,7 @@ impl Node {
                             None => PathKind::None,
                         },
                         rtt: sel.map(|s| s.rtt()),
+                        clock_offset_ms: p.clock.offset_ms(),
                     }
                 }
                 None => PeerInfo {
@@ -755,6 +820,7 @@ impl Node {
                     connected: false,
                     path: PathKind::None,
                     rtt: None,
+                    clock_offset_ms: None,
                 },
             })
             .collect()

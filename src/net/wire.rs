@@ -14,8 +14,10 @@ use crate::election;
 pub const ALPN: &[u8] = b"murmur/1";
 
 /// Protocol version carried in the handshake. 2: the document spreads keys over bucket maps
-/// (see `crate::doc`), which version 1 peers cannot read.
-pub(crate) const PROTOCOL_VERSION: u32 = 2;
+/// (see `crate::doc`), which version 1 peers cannot read. 3: clock pings on the control stream
+/// ([`ControlMsg::ClockPing`]), which a version 2 peer would take for a malformed message; it
+/// now refuses the handshake instead, with a message that names the version.
+pub(crate) const PROTOCOL_VERSION: u32 = 3;
 
 /// Largest frame on the control stream (handshake, peer lists, election).
 pub(crate) const MAX_CONTROL_FRAME: usize = 1 << 20;
@@ -45,6 +47,12 @@ pub(crate) enum ControlMsg {
     },
     /// Leader election.
     Election(election::Message),
+    /// Clock measurement (see [`crate::clock`]): the sender's wall time in milliseconds since
+    /// the Unix epoch, and an id the answer echoes.
+    ClockPing { id: u64, wall_ms: u64 },
+    /// The answer to a [`ControlMsg::ClockPing`]: its id, and the answerer's wall time when it
+    /// answered.
+    ClockPong { id: u64, wall_ms: u64 },
 }
 
 /// Why a frame could not be read.

@@ -74,6 +74,13 @@ def test_peers_are_reported(nodes):
     assert peer.path in (murmur.PathKind.DIRECT, murmur.PathKind.RELAYED)
     assert peer.rtt_ms is None or peer.rtt_ms >= 0
 
+    # each side measures the other's clock: the same clock on loopback, so the offset is small
+    def offset(x, y):
+        return next((p.clock_offset_ms for p in x.peers() if p.id == y.node_id()), None)
+
+    wait_until("clock offsets measured", lambda: offset(a, b) is not None and offset(b, a) is not None)
+    assert abs(offset(a, b)) < 1000 and abs(offset(b, a)) < 1000
+
 
 def test_events_reach_listeners(nodes):
     a = nodes.open()
@@ -193,8 +200,13 @@ def test_errors_are_typed_with_messages(nodes, tmp_path):
         murmur.Swarm(config(tmp_path / "k", swarm_name=None, swarm_key=b"short"))
     with pytest.raises(murmur.MurmurError.Config, match="bind_addr"):
         murmur.Swarm(config(tmp_path / "b", bind_addr="nowhere"))
-    # every error class is a MurmurError
+    with pytest.raises(murmur.MurmurError.Config, match="max_clock_offset"):
+        murmur.Swarm(config(tmp_path / "o", max_clock_offset_ms=0))
+    # every error class is a MurmurError; a write refused for a skewed clock has its own
+    # (the skew itself is tested in Rust: tests/replication.rs)
     assert issubclass(murmur.MurmurError.Closed, murmur.MurmurError)
+    assert issubclass(murmur.MurmurError.ClockSkew, murmur.MurmurError)
+    assert murmur.default_config("x").max_clock_offset_ms == 60000
 
     a.shutdown()
     for call in (lambda: a.put("k", b"v"), lambda: a.get("k"), lambda: a.delete("k"), a.shutdown):

@@ -78,7 +78,8 @@ fn config_err(msg: String) -> FfiError {
 /// A new config with the defaults: storage path "./murmur_data", swarm name
 /// "murmur-default-swarm", no bootstrap peers, bind address 0.0.0.0:0, default relays, local
 /// discovery on, heartbeat 2000 ms, leader timeout 5000 ms, full durability, values up to
-/// 1 MiB, 64 peers. Returns NULL only if the library failed internally.
+/// 1 MiB, 64 peers, clocks at most 60000 ms off. Returns NULL only if the library failed
+/// internally.
 #[no_mangle]
 pub extern "C" fn murmur_config_new() -> *mut MurmurConfig {
     guard_or(std::ptr::null_mut(), || {
@@ -308,4 +309,21 @@ pub unsafe extern "C" fn murmur_config_set_max_peers(
     peers: usize,
 ) -> MurmurStatus {
     update(config, |b| Ok(b.max_peers(peers)))
+}
+
+/// Sets the largest offset, in milliseconds, between this node's wall clock and the median of
+/// its connected peers' clocks at which it still accepts writes (default 60000); beyond it
+/// writes fail with MURMUR_ERR_CLOCK_SKEW. At least 1 (checked by `murmur_open`).
+///
+/// # Safety
+/// `config` is NULL or a pointer returned by `murmur_config_new`.
+#[no_mangle]
+pub unsafe extern "C" fn murmur_config_set_max_clock_offset_ms(
+    config: *mut MurmurConfig,
+    ms: u64,
+) -> MurmurStatus {
+    update(
+        config,
+        |b| Ok(b.max_clock_offset(Duration::from_millis(ms))),
+    )
 }

@@ -86,6 +86,9 @@ pub enum MurmurStatus {
     MurmurErrNetwork = 18,
     /// The operation needs `murmur_start` first.
     MurmurErrNotStarted = 19,
+    /// This node's clock is further off its peers' than the maximum clock offset: writes are
+    /// refused until the system clock is fixed.
+    MurmurErrClockSkew = 20,
     /// An error this version of the C ABI has no specific code for (see the message).
     MurmurErrOther = 99,
 }
@@ -124,6 +127,7 @@ impl From<Error> for FfiError {
             Error::InvalidTicket { .. } => MurmurErrInvalidTicket,
             Error::Network(_) => MurmurErrNetwork,
             Error::NotStarted => MurmurErrNotStarted,
+            Error::ClockSkew { .. } => MurmurErrClockSkew,
             #[allow(unreachable_patterns)] // Error is non_exhaustive
             _ => MurmurErrOther,
         };
@@ -399,6 +403,7 @@ pub extern "C" fn murmur_status_name(status: MurmurStatus) -> *const c_char {
         MurmurErrInvalidTicket => c"MURMUR_ERR_INVALID_TICKET",
         MurmurErrNetwork => c"MURMUR_ERR_NETWORK",
         MurmurErrNotStarted => c"MURMUR_ERR_NOT_STARTED",
+        MurmurErrClockSkew => c"MURMUR_ERR_CLOCK_SKEW",
         MurmurErrOther => c"MURMUR_ERR_OTHER",
     };
     s.as_ptr()

@@ -520,6 +520,11 @@ pub struct MurmurPeerInfo {
     pub path: MurmurPathKind,
     /// Round-trip time in microseconds, or -1 when unknown.
     pub rtt_us: i64,
+    /// Whether `clock_offset_ms` holds a measurement.
+    pub clock_offset_known: bool,
+    /// How far the peer's wall clock is ahead of this node's, in milliseconds (negative:
+    /// behind); 0 when `clock_offset_known` is false.
+    pub clock_offset_ms: i64,
 }
 
 /// The peers this node knows: an array of `*out_len` entries in `*out_peers` (NULL when
@@ -554,6 +559,8 @@ pub unsafe extern "C" fn murmur_peers(
                     rtt_us: p
                         .rtt
                         .map_or(-1, |d| i64::try_from(d.as_micros()).unwrap_or(i64::MAX)),
+                    clock_offset_known: p.clock_offset_ms.is_some(),
+                    clock_offset_ms: p.clock_offset_ms.unwrap_or(0),
                 })
                 .collect();
             let n = b.len();

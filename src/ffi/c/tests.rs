@@ -352,6 +352,42 @@ fn status_names_and_version() {
     assert_eq!(v.to_str().unwrap(), env!("CARGO_PKG_VERSION"));
 }
 
+/// A write refused for a skewed clock has its own status code (the skew itself is tested in
+/// tests/replication.rs); the bound is a config option, checked at open.
+#[test]
+fn clock_skew_has_its_own_status_and_the_bound_is_configurable() {
+    let name = unsafe { CStr::from_ptr(murmur_status_name(MurmurErrClockSkew)) };
+    assert_eq!(name, c"MURMUR_ERR_CLOCK_SKEW");
+    let e = super::FfiError::from(crate::Error::ClockSkew {
+        offset_ms: 86_400_000,
+        max_ms: 60_000,
+    });
+    assert_eq!(e.status, MurmurErrClockSkew);
+    assert!(e.message.contains("fix"), "{}", e.message);
+    let dir = tempfile::tempdir().unwrap();
+    let cfg = config(dir.path());
+    unsafe {
+        assert_eq!(murmur_config_set_max_clock_offset_ms(cfg, 0), MurmurOk);
+        let mut s = null_mut();
+        assert_eq!(murmur_open(cfg, &mut s), MurmurErrConfig);
+        assert!(
+            last_error().contains("max_clock_offset"),
+            "{}",
+            last_error()
+        );
+        assert_eq!(murmur_config_set_max_clock_offset_ms(cfg, 500), MurmurOk);
+        assert_eq!(murmur_open(cfg, &mut s), MurmurOk);
+        assert_eq!(murmur_put(s, c"k".as_ptr(), b"v".as_ptr(), 1), MurmurOk);
+        assert_eq!(murmur_shutdown(s), MurmurOk);
+        assert_eq!(murmur_free(s), MurmurOk);
+        assert_eq!(
+            murmur_config_set_max_clock_offset_ms(null_mut(), 1),
+            MurmurErrNullArg
+        );
+        murmur_config_free(cfg);
+    }
+}
+
 /// A callback that takes its time, so that unsubscribing has to wait for it.
 struct Slow {
     entered: std::sync::atomic::AtomicUsize,

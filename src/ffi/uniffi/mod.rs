@@ -65,6 +65,10 @@ pub enum MurmurError {
     /// The operation needs `start()` first.
     #[error("{0}")]
     NotStarted(String),
+    /// This node's clock is further off its peers' than the maximum clock offset: writes are
+    /// refused until the system clock is fixed.
+    #[error("{0}")]
+    ClockSkew(String),
     /// The binding layer itself failed (the runtime could not start, a task panicked).
     #[error("{0}")]
     Internal(String),
@@ -84,6 +88,7 @@ impl From<Error> for MurmurError {
             Error::InvalidTicket { .. } => MurmurError::InvalidTicket(msg),
             Error::Network(_) => MurmurError::Network(msg),
             Error::NotStarted => MurmurError::NotStarted(msg),
+            Error::ClockSkew { .. } => MurmurError::ClockSkew(msg),
         }
     }
 }
@@ -161,6 +166,10 @@ pub struct SwarmConfig {
     /// Most peers connected at once.
     #[uniffi(default = 64)]
     pub max_peers: u32,
+    /// Largest offset between this node's clock and the median of its peers' at which it
+    /// still accepts writes, in milliseconds; beyond it writes fail with `ClockSkew`.
+    #[uniffi(default = 60000)]
+    pub max_clock_offset_ms: u64,
 }
 
 impl SwarmConfig {
@@ -173,7 +182,8 @@ impl SwarmConfig {
             .heartbeat_interval(Duration::from_millis(self.heartbeat_interval_ms))
             .leader_timeout(Duration::from_millis(self.leader_timeout_ms))
             .max_value_size(usize::try_from(self.max_value_size).unwrap_or(usize::MAX))
-            .max_peers(self.max_peers as usize);
+            .max_peers(self.max_peers as usize)
+            .max_clock_offset(Duration::from_millis(self.max_clock_offset_ms));
         b = match (self.swarm_key, self.swarm_name) {
             (Some(_), Some(_)) => {
                 return Err(config("set swarm_key or swarm_name, not both".into()))
@@ -229,6 +239,7 @@ pub fn default_config(storage_path: String) -> SwarmConfig {
         durability: None,
         max_value_size: DEFAULT_MAX_VALUE_SIZE as u64,
         max_peers: 64,
+        max_clock_offset_ms: crate::DEFAULT_MAX_CLOCK_OFFSET.as_millis() as u64,
     }
 }
 
@@ -254,6 +265,9 @@ pub struct PeerInfo {
     pub path: PathKind,
     /// Round-trip time of the connection's selected path, in milliseconds.
     pub rtt_ms: Option<f64>,
+    /// How far the peer's wall clock is ahead of this node's (negative: behind), in
+    /// milliseconds; None until measured, and for a disconnected peer.
+    pub clock_offset_ms: Option<i64>,
 }
 
 impl From<crate::PeerInfo> for PeerInfo {
@@ -267,6 +281,7 @@ impl From<crate::PeerInfo> for PeerInfo {
                 crate::PathKind::None => PathKind::None,
             },
             rtt_ms: p.rtt.map(|d| d.as_secs_f64() * 1000.0),
+            clock_offset_ms: p.clock_offset_ms,
         }
     }
 }

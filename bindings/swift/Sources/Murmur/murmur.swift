@@ -503,6 +503,22 @@ fileprivate struct FfiConverterUInt64: FfiConverterPrimitive {
 #if swift(>=5.8)
 @_documentation(visibility: private)
 #endif
+fileprivate struct FfiConverterInt64: FfiConverterPrimitive {
+    typealias FfiType = Int64
+    typealias SwiftType = Int64
+
+    public static func read(from buf: inout (data: Data, offset: Data.Index)) throws -> Int64 {
+        return try lift(readInt(&buf))
+    }
+
+    public static func write(_ value: Int64, into buf: inout [UInt8]) {
+        writeInt(&buf, lower(value))
+    }
+}
+
+#if swift(>=5.8)
+@_documentation(visibility: private)
+#endif
 fileprivate struct FfiConverterDouble: FfiConverterPrimitive {
     typealias FfiType = Double
     typealias SwiftType = Double
@@ -1553,6 +1569,11 @@ public struct PeerInfo: Equatable, Hashable {
      * Round-trip time of the connection's selected path, in milliseconds.
      */
     public var rttMs: Double?
+    /**
+     * How far the peer's wall clock is ahead of this node's (negative: behind), in
+     * milliseconds; None until measured, and for a disconnected peer.
+     */
+    public var clockOffsetMs: Int64?
 
     // Default memberwise initializers are never public by default, so we
     // declare one manually.
@@ -1568,11 +1589,16 @@ public struct PeerInfo: Equatable, Hashable {
          */path: PathKind, 
         /**
          * Round-trip time of the connection's selected path, in milliseconds.
-         */rttMs: Double?) {
+         */rttMs: Double?, 
+        /**
+         * How far the peer's wall clock is ahead of this node's (negative: behind), in
+         * milliseconds; None until measured, and for a disconnected peer.
+         */clockOffsetMs: Int64?) {
         self.id = id
         self.connected = connected
         self.path = path
         self.rttMs = rttMs
+        self.clockOffsetMs = clockOffsetMs
     }
 
     
@@ -1594,7 +1620,8 @@ public struct FfiConverterTypePeerInfo: FfiConverterRustBuffer {
                 id: FfiConverterString.read(from: &buf), 
                 connected: FfiConverterBool.read(from: &buf), 
                 path: FfiConverterTypePathKind.read(from: &buf), 
-                rttMs: FfiConverterOptionDouble.read(from: &buf)
+                rttMs: FfiConverterOptionDouble.read(from: &buf), 
+                clockOffsetMs: FfiConverterOptionInt64.read(from: &buf)
         )
     }
 
@@ -1603,6 +1630,7 @@ public struct FfiConverterTypePeerInfo: FfiConverterRustBuffer {
         FfiConverterBool.write(value.connected, into: &buf)
         FfiConverterTypePathKind.write(value.path, into: &buf)
         FfiConverterOptionDouble.write(value.rttMs, into: &buf)
+        FfiConverterOptionInt64.write(value.clockOffsetMs, into: &buf)
     }
 }
 
@@ -1677,6 +1705,11 @@ public struct SwarmConfig: Equatable, Hashable {
      * Most peers connected at once.
      */
     public var maxPeers: UInt32
+    /**
+     * Largest offset between this node's clock and the median of its peers' at which it
+     * still accepts writes, in milliseconds; beyond it writes fail with `ClockSkew`.
+     */
+    public var maxClockOffsetMs: UInt64
 
     // Default memberwise initializers are never public by default, so we
     // declare one manually.
@@ -1719,7 +1752,11 @@ public struct SwarmConfig: Equatable, Hashable {
          */maxValueSize: UInt64 = UInt64(1048576), 
         /**
          * Most peers connected at once.
-         */maxPeers: UInt32 = UInt32(64)) {
+         */maxPeers: UInt32 = UInt32(64), 
+        /**
+         * Largest offset between this node's clock and the median of its peers' at which it
+         * still accepts writes, in milliseconds; beyond it writes fail with `ClockSkew`.
+         */maxClockOffsetMs: UInt64 = UInt64(60000)) {
         self.storagePath = storagePath
         self.swarmKey = swarmKey
         self.swarmName = swarmName
@@ -1732,6 +1769,7 @@ public struct SwarmConfig: Equatable, Hashable {
         self.durability = durability
         self.maxValueSize = maxValueSize
         self.maxPeers = maxPeers
+        self.maxClockOffsetMs = maxClockOffsetMs
     }
 
     
@@ -1761,7 +1799,8 @@ public struct FfiConverterTypeSwarmConfig: FfiConverterRustBuffer {
                 leaderTimeoutMs: FfiConverterUInt64.read(from: &buf), 
                 durability: FfiConverterOptionTypeDurability.read(from: &buf), 
                 maxValueSize: FfiConverterUInt64.read(from: &buf), 
-                maxPeers: FfiConverterUInt32.read(from: &buf)
+                maxPeers: FfiConverterUInt32.read(from: &buf), 
+                maxClockOffsetMs: FfiConverterUInt64.read(from: &buf)
         )
     }
 
@@ -1778,6 +1817,7 @@ public struct FfiConverterTypeSwarmConfig: FfiConverterRustBuffer {
         FfiConverterOptionTypeDurability.write(value.durability, into: &buf)
         FfiConverterUInt64.write(value.maxValueSize, into: &buf)
         FfiConverterUInt32.write(value.maxPeers, into: &buf)
+        FfiConverterUInt64.write(value.maxClockOffsetMs, into: &buf)
     }
 }
 
@@ -2216,6 +2256,12 @@ enum MurmurError: Swift.Error, Equatable, Hashable, Foundation.LocalizedError {
     case NotStarted(message: String)
     
     /**
+     * This node's clock is further off its peers' than the maximum clock offset: writes are
+     * refused until the system clock is fixed.
+     */
+    case ClockSkew(message: String)
+    
+    /**
      * The binding layer itself failed (the runtime could not start, a task panicked).
      */
     case Internal(message: String)
@@ -2289,7 +2335,11 @@ public struct FfiConverterTypeMurmurError: FfiConverterRustBuffer {
             message: try FfiConverterString.read(from: &buf)
         )
         
-        case 11: return .Internal(
+        case 11: return .ClockSkew(
+            message: try FfiConverterString.read(from: &buf)
+        )
+        
+        case 12: return .Internal(
             message: try FfiConverterString.read(from: &buf)
         )
         
@@ -2324,8 +2374,10 @@ public struct FfiConverterTypeMurmurError: FfiConverterRustBuffer {
             writeInt(&buf, Int32(9))
         case .NotStarted(_ /* message is ignored*/):
             writeInt(&buf, Int32(10))
-        case .Internal(_ /* message is ignored*/):
+        case .ClockSkew(_ /* message is ignored*/):
             writeInt(&buf, Int32(11))
+        case .Internal(_ /* message is ignored*/):
+            writeInt(&buf, Int32(12))
 
         
         }
@@ -2522,6 +2574,30 @@ public func FfiConverterTypeRelayMode_lower(_ value: RelayMode) -> RustBuffer {
     return FfiConverterTypeRelayMode.lower(value)
 }
 
+
+#if swift(>=5.8)
+@_documentation(visibility: private)
+#endif
+fileprivate struct FfiConverterOptionInt64: FfiConverterRustBuffer {
+    typealias SwiftType = Int64?
+
+    public static func write(_ value: SwiftType, into buf: inout [UInt8]) {
+        guard let value = value else {
+            writeInt(&buf, Int8(0))
+            return
+        }
+        writeInt(&buf, Int8(1))
+        FfiConverterInt64.write(value, into: &buf)
+    }
+
+    public static func read(from buf: inout (data: Data, offset: Data.Index)) throws -> SwiftType {
+        switch try readInt(&buf) as Int8 {
+        case 0: return nil
+        case 1: return try FfiConverterInt64.read(from: &buf)
+        default: throw UniffiInternalError.unexpectedOptionalTag
+        }
+    }
+}
 
 #if swift(>=5.8)
 @_documentation(visibility: private)

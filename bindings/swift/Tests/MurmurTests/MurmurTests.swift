@@ -222,6 +222,18 @@ final class MurmurTests: XCTestCase {
         for n in rest { XCTAssertGreaterThan(try n.leaderTerm(), term) }
     }
 
+    func testPeersReportClockOffsets() throws {
+        let a = try open()
+        let b = try open(bootstrap: [a.ticket()])
+        func offset(_ x: Swarm, _ y: Swarm) throws -> Int64? {
+            try x.peers().first { $0.id == y.nodeId() && $0.connected }?.clockOffsetMs
+        }
+        try waitUntil("clock offsets measured") { try offset(a, b) != nil && offset(b, a) != nil }
+        // One machine, one clock: the measured offsets are small.
+        XCTAssertLessThan(abs(try offset(a, b)!), 1000)
+        XCTAssertLessThan(abs(try offset(b, a)!), 1000)
+    }
+
     func testErrorsAreTypedWithMessages() throws {
         let a = try open { $0.maxValueSize = 16 }
         XCTAssertThrowsError(try a.put(key: "", value: bytes("x"))) { e in
@@ -244,6 +256,15 @@ final class MurmurTests: XCTestCase {
         XCTAssertThrowsError(try Swarm(config: bad)) { e in
             guard case .Config? = e as? MurmurError else { return XCTFail("\(e)") }
         }
+        var unbounded = config(nextDir())
+        unbounded.maxClockOffsetMs = 0
+        XCTAssertThrowsError(try Swarm(config: unbounded)) { e in
+            guard case .Config? = e as? MurmurError else { return XCTFail("\(e)") }
+        }
+        // A write refused for a skewed clock has its own case (the skew itself is tested in
+        // Rust, tests/replication.rs).
+        let skew: MurmurError = .ClockSkew(message: "clock")
+        guard case .ClockSkew = skew else { return XCTFail("ClockSkew") }
         try a.shutdown()
         XCTAssertThrowsError(try a.get(key: "k")) { e in
             guard case let .Closed(message)? = e as? MurmurError else { return XCTFail("\(e)") }
@@ -294,5 +315,6 @@ final class MurmurTests: XCTestCase {
         XCTAssertEqual(cfg, defaultConfig(storagePath: "/tmp/x"))
         XCTAssertEqual(cfg.heartbeatIntervalMs, 2000)
         XCTAssertEqual(cfg.leaderTimeoutMs, 5000)
+        XCTAssertEqual(cfg.maxClockOffsetMs, 60000)
     }
 }

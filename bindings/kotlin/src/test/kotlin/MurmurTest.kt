@@ -207,6 +207,17 @@ fun leaderElectionAndFailover() = Nodes().use { n ->
     check(rest.all { it.leaderTerm() > term }) { "the term increases" }
 }
 
+fun peersReportClockOffsets() = Nodes().use { n ->
+    val a = n.open()
+    val b = n.open(listOf(a.ticket()))
+    fun offset(x: Swarm, y: Swarm): Long? = x.peers().firstOrNull { it.id == y.nodeId() && it.connected }?.clockOffsetMs
+    waitUntil("clock offsets measured") { offset(a, b) != null && offset(b, a) != null }
+    // One machine, one clock: the measured offsets are small.
+    val ab = offset(a, b)!!
+    val ba = offset(b, a)!!
+    check(Math.abs(ab) < 1000 && Math.abs(ba) < 1000) { "offsets $ab, $ba" }
+}
+
 fun errorsAreTypedWithMessages() = Nodes().use { n ->
     val a = n.open { maxValueSize = 16UL }
     val e = expectThrows<MurmurException.InvalidKey>("empty key") { a.put("", bytes("x")) }
@@ -221,6 +232,13 @@ fun errorsAreTypedWithMessages() = Nodes().use { n ->
     expectThrows<MurmurException.Config>("short key") {
         Swarm(config(n.nextDir()).apply { swarmName = null; swarmKey = ByteArray(5) })
     }
+    expectThrows<MurmurException.Config>("zero clock offset bound") {
+        Swarm(config(n.nextDir()).apply { maxClockOffsetMs = 0UL })
+    }
+    // A write refused for a skewed clock has its own exception (the skew itself is tested in
+    // Rust, tests/replication.rs).
+    val skew: MurmurException = MurmurException.ClockSkew("clock")
+    check(skew is MurmurException.ClockSkew) { "ClockSkew exists" }
     a.shutdown()
     val closed = expectThrows<MurmurException.Closed>("after shutdown") { a.get("k") }
     check(closed.message!!.contains("shut down")) { "message: ${closed.message}" }
@@ -251,6 +269,7 @@ fun configDefaultsMatchTheRustBuilder() {
     val cfg = SwarmConfig(storagePath = "/tmp/x")
     check(cfg == defaultConfig("/tmp/x")) { "defaults agree: $cfg" }
     check(cfg.heartbeatIntervalMs == 2000UL && cfg.leaderTimeoutMs == 5000UL && cfg.maxPeers == 64U) { "values" }
+    check(cfg.maxClockOffsetMs == 60_000UL) { "clock bound" }
 }
 
 fun main() {
@@ -261,6 +280,7 @@ fun main() {
         "listener may call back into the swarm" to ::listenerMayCallBackIntoTheSwarm,
         "listener exception does not stop delivery" to ::listenerExceptionDoesNotStopDelivery,
         "leader election and failover" to ::leaderElectionAndFailover,
+        "peers report clock offsets" to ::peersReportClockOffsets,
         "errors are typed, with messages" to ::errorsAreTypedWithMessages,
         "coroutines (suspend) API" to ::coroutinesApi,
         "config defaults match the Rust builder" to ::configDefaultsMatchTheRustBuilder,

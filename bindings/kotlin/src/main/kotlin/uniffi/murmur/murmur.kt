@@ -1331,6 +1331,29 @@ public object FfiConverterULong: FfiConverter<ULong, Long> {
 /**
  * @suppress
  */
+public object FfiConverterLong: FfiConverter<Long, Long> {
+    override fun lift(value: Long): Long {
+        return value
+    }
+
+    override fun read(buf: ByteBuffer): Long {
+        return buf.getLong()
+    }
+
+    override fun lower(value: Long): Long {
+        return value
+    }
+
+    override fun allocationSize(value: Long) = 8UL
+
+    override fun write(value: Long, buf: ByteBuffer) {
+        buf.putLong(value)
+    }
+}
+
+/**
+ * @suppress
+ */
 public object FfiConverterDouble: FfiConverter<Double, Double> {
     override fun lift(value: Double): Double {
         return value
@@ -2914,6 +2937,12 @@ data class PeerInfo (
      * Round-trip time of the connection's selected path, in milliseconds.
      */
     var `rttMs`: kotlin.Double?
+    , 
+    /**
+     * How far the peer's wall clock is ahead of this node's (negative: behind), in
+     * milliseconds; None until measured, and for a disconnected peer.
+     */
+    var `clockOffsetMs`: kotlin.Long?
     
 ){
     
@@ -2934,6 +2963,7 @@ public object FfiConverterTypePeerInfo: FfiConverterRustBuffer<PeerInfo> {
             FfiConverterBoolean.read(buf),
             FfiConverterTypePathKind.read(buf),
             FfiConverterOptionalDouble.read(buf),
+            FfiConverterOptionalLong.read(buf),
         )
     }
 
@@ -2941,7 +2971,8 @@ public object FfiConverterTypePeerInfo: FfiConverterRustBuffer<PeerInfo> {
             FfiConverterString.allocationSize(value.`id`) +
             FfiConverterBoolean.allocationSize(value.`connected`) +
             FfiConverterTypePathKind.allocationSize(value.`path`) +
-            FfiConverterOptionalDouble.allocationSize(value.`rttMs`)
+            FfiConverterOptionalDouble.allocationSize(value.`rttMs`) +
+            FfiConverterOptionalLong.allocationSize(value.`clockOffsetMs`)
     )
 
     override fun write(value: PeerInfo, buf: ByteBuffer) {
@@ -2949,6 +2980,7 @@ public object FfiConverterTypePeerInfo: FfiConverterRustBuffer<PeerInfo> {
             FfiConverterBoolean.write(value.`connected`, buf)
             FfiConverterTypePathKind.write(value.`path`, buf)
             FfiConverterOptionalDouble.write(value.`rttMs`, buf)
+            FfiConverterOptionalLong.write(value.`clockOffsetMs`, buf)
     }
 }
 
@@ -3020,6 +3052,12 @@ data class SwarmConfig (
      * Most peers connected at once.
      */
     var `maxPeers`: kotlin.UInt = 64u 
+    , 
+    /**
+     * Largest offset between this node's clock and the median of its peers' at which it
+     * still accepts writes, in milliseconds; beyond it writes fail with `ClockSkew`.
+     */
+    var `maxClockOffsetMs`: kotlin.ULong = 60000uL 
     
 ){
     
@@ -3048,6 +3086,7 @@ public object FfiConverterTypeSwarmConfig: FfiConverterRustBuffer<SwarmConfig> {
             FfiConverterOptionalTypeDurability.read(buf),
             FfiConverterULong.read(buf),
             FfiConverterUInt.read(buf),
+            FfiConverterULong.read(buf),
         )
     }
 
@@ -3063,7 +3102,8 @@ public object FfiConverterTypeSwarmConfig: FfiConverterRustBuffer<SwarmConfig> {
             FfiConverterULong.allocationSize(value.`leaderTimeoutMs`) +
             FfiConverterOptionalTypeDurability.allocationSize(value.`durability`) +
             FfiConverterULong.allocationSize(value.`maxValueSize`) +
-            FfiConverterUInt.allocationSize(value.`maxPeers`)
+            FfiConverterUInt.allocationSize(value.`maxPeers`) +
+            FfiConverterULong.allocationSize(value.`maxClockOffsetMs`)
     )
 
     override fun write(value: SwarmConfig, buf: ByteBuffer) {
@@ -3079,6 +3119,7 @@ public object FfiConverterTypeSwarmConfig: FfiConverterRustBuffer<SwarmConfig> {
             FfiConverterOptionalTypeDurability.write(value.`durability`, buf)
             FfiConverterULong.write(value.`maxValueSize`, buf)
             FfiConverterUInt.write(value.`maxPeers`, buf)
+            FfiConverterULong.write(value.`maxClockOffsetMs`, buf)
     }
 }
 
@@ -3562,6 +3603,12 @@ sealed class MurmurException(message: String): kotlin.Exception(message) {
         class NotStarted(message: String) : MurmurException(message)
         
     /**
+     * This node's clock is further off its peers' than the maximum clock offset: writes are
+     * refused until the system clock is fixed.
+     */
+        class ClockSkew(message: String) : MurmurException(message)
+        
+    /**
      * The binding layer itself failed (the runtime could not start, a task panicked).
      */
         class Internal(message: String) : MurmurException(message)
@@ -3589,7 +3636,8 @@ public object FfiConverterTypeMurmurError : FfiConverterRustBuffer<MurmurExcepti
             8 -> MurmurException.InvalidTicket(FfiConverterString.read(buf))
             9 -> MurmurException.Network(FfiConverterString.read(buf))
             10 -> MurmurException.NotStarted(FfiConverterString.read(buf))
-            11 -> MurmurException.Internal(FfiConverterString.read(buf))
+            11 -> MurmurException.ClockSkew(FfiConverterString.read(buf))
+            12 -> MurmurException.Internal(FfiConverterString.read(buf))
             else -> throw RuntimeException("invalid error enum value, something is very wrong!!")
         }
         
@@ -3641,8 +3689,12 @@ public object FfiConverterTypeMurmurError : FfiConverterRustBuffer<MurmurExcepti
                 buf.putInt(10)
                 Unit
             }
-            is MurmurException.Internal -> {
+            is MurmurException.ClockSkew -> {
                 buf.putInt(11)
+                Unit
+            }
+            is MurmurException.Internal -> {
+                buf.putInt(12)
                 Unit
             }
         }.let { /* this makes the `when` an expression, which ensures it is exhaustive */ }
@@ -3798,6 +3850,38 @@ public object FfiConverterTypeRelayMode : FfiConverterRustBuffer<RelayMode>{
 }
 
 
+
+
+
+
+/**
+ * @suppress
+ */
+public object FfiConverterOptionalLong: FfiConverterRustBuffer<kotlin.Long?> {
+    override fun read(buf: ByteBuffer): kotlin.Long? {
+        if (buf.get().toInt() == 0) {
+            return null
+        }
+        return FfiConverterLong.read(buf)
+    }
+
+    override fun allocationSize(value: kotlin.Long?): ULong {
+        if (value == null) {
+            return 1UL
+        } else {
+            return 1UL + FfiConverterLong.allocationSize(value)
+        }
+    }
+
+    override fun write(value: kotlin.Long?, buf: ByteBuffer) {
+        if (value == null) {
+            buf.put(0)
+        } else {
+            buf.put(1)
+            FfiConverterLong.write(value, buf)
+        }
+    }
+}
 
 
 
