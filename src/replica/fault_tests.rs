@@ -10,6 +10,8 @@
 
 use std::{path::Path, time::Duration};
 
+use tempfile::TempDir;
+
 use crate::{test_node, Error, Swarm};
 
 async fn node(dir: &Path, peers: &[String]) -> Swarm {
@@ -42,6 +44,17 @@ async fn until(what: &str, mut cond: impl AsyncFnMut() -> bool) {
     }
 }
 
+/// Two nodes, B bootstrapped from A, once A holds B's first write (`x`): their link is up and
+/// replicating. Returns their directories too (dropping one deletes it).
+async fn replicating_pair() -> (TempDir, TempDir, Swarm, Swarm) {
+    let (da, db) = (tempfile::tempdir().unwrap(), tempfile::tempdir().unwrap());
+    let a = node(da.path(), &[]).await;
+    let b = node(db.path(), &[a.ticket()]).await;
+    b.put("x", b"1").await.unwrap();
+    until("A has x", async || a.get("x").await.unwrap().is_some()).await;
+    (da, db, a, b)
+}
+
 /// Every key and value of a node, in key order.
 async fn dump(s: &Swarm) -> Vec<(String, Vec<u8>)> {
     let mut out = Vec::new();
@@ -63,11 +76,7 @@ async fn converged(a: &Swarm, b: &Swarm) -> bool {
 /// on the lost changes).
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn peer_changes_lost_to_a_failed_commit_arrive_once_storage_works() {
-    let (da, db) = (tempfile::tempdir().unwrap(), tempfile::tempdir().unwrap());
-    let a = node(da.path(), &[]).await;
-    let b = node(db.path(), &[a.ticket()]).await;
-    b.put("x", b"1").await.unwrap();
-    until("A has x", async || a.get("x").await.unwrap().is_some()).await;
+    let (da, _db, a, b) = replicating_pair().await;
 
     let lock = WriteLock::hold(da.path());
     for i in 0..5 {
@@ -99,11 +108,7 @@ async fn peer_changes_lost_to_a_failed_commit_arrive_once_storage_works() {
 /// replicate, in both directions.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_local_write_that_failed_is_made_nowhere_and_later_writes_replicate() {
-    let (da, db) = (tempfile::tempdir().unwrap(), tempfile::tempdir().unwrap());
-    let a = node(da.path(), &[]).await;
-    let b = node(db.path(), &[a.ticket()]).await;
-    b.put("x", b"1").await.unwrap();
-    until("A has x", async || a.get("x").await.unwrap().is_some()).await;
+    let (da, _db, a, b) = replicating_pair().await;
 
     let lock = WriteLock::hold(da.path());
     let refused = a.put("lost", b"never").await;
@@ -168,11 +173,7 @@ async fn a_snapshot_load_that_failed_to_commit_is_sent_again() {
 /// keeps replicating with the leader.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn an_epoch_switch_that_failed_to_commit_is_made_later() {
-    let (da, db) = (tempfile::tempdir().unwrap(), tempfile::tempdir().unwrap());
-    let a = node(da.path(), &[]).await;
-    let b = node(db.path(), &[a.ticket()]).await;
-    a.put("x", b"1").await.unwrap();
-    until("B has x", async || b.get("x").await.unwrap().is_some()).await;
+    let (da, db, a, b) = replicating_pair().await;
     until("one leader", async || {
         a.is_leader().await != b.is_leader().await
     })
