@@ -244,24 +244,20 @@ async fn a_leader_forty_days_ahead_does_not_forget_a_fresh_deletion() {
         tempfile::tempdir().unwrap(),
     );
     let manual = |dir: &std::path::Path| builder(dir).compaction(CompactionPolicy::manual());
+    // A started node with manual compaction, bootstrapped from L.
+    let joining = async |dir: &std::path::Path, l: &murmur::Swarm| {
+        let n = manual(dir).bootstrap([l.ticket()]).build().await.unwrap();
+        n.start().await.unwrap();
+        n
+    };
     let l = manual(dl.path())
         .test_clock_skew_ms(40 * DAY_MS)
         .build()
         .await
         .unwrap();
     l.start().await.unwrap();
-    let x = manual(dx.path())
-        .bootstrap([l.ticket()])
-        .build()
-        .await
-        .unwrap();
-    x.start().await.unwrap();
-    let d = manual(dd.path())
-        .bootstrap([l.ticket()])
-        .build()
-        .await
-        .unwrap();
-    d.start().await.unwrap();
+    let x = joining(dx.path(), &l).await;
+    let d = joining(dd.path(), &l).await;
     x.put("k", b"old value").await.unwrap();
     converge(&[&l, &x, &d]).await;
     // X goes offline holding the value; D deletes it; L has the deletion; D leaves too.
@@ -278,12 +274,7 @@ async fn a_leader_forty_days_ahead_does_not_forget_a_fresh_deletion() {
     l.compact().await.unwrap();
     assert!(l.epoch() > before);
     // X comes back, adopts L's epoch and carries its old state across: the deletion holds.
-    let x = manual(dx.path())
-        .bootstrap([l.ticket()])
-        .build()
-        .await
-        .unwrap();
-    x.start().await.unwrap();
+    let x = joining(dx.path(), &l).await;
     same_epoch(&[&l, &x]).await;
     let map = converge(&[&l, &x]).await;
     assert!(
