@@ -768,8 +768,10 @@ impl Replica {
                 {
                     link.sync.loaded(l.state);
                 }
-                fx.loaded = Some(l.loaded);
-                fx.winners = Some(l.winners);
+                if l.loaded.is_some() {
+                    fx.loaded = l.loaded;
+                    fx.winners = Some(l.winners);
+                }
                 fx.poll.insert(peer);
                 fx.ask_if_pending.insert(peer);
             }

@@ -107,3 +107,123 @@ async fn a_lone_node_leads_itself_and_its_term_survives_restart() {
     );
     n.shutdown().await.unwrap();
 }
+
+/// Collects the `LeaderChanged` and `PeerDown` events a node reports, in the background.
+fn record_events(s: &Swarm) -> std::sync::Arc<std::sync::Mutex<Vec<murmur::Event>>> {
+    let seen = std::sync::Arc::new(std::sync::Mutex::new(Vec::new()));
+    let mut events = s.subscribe();
+    let out = seen.clone();
+    tokio::spawn(async move {
+        while let Some(ev) = events.recv().await {
+            if matches!(
+                ev,
+                murmur::Event::LeaderChanged { .. } | murmur::Event::PeerDown { .. }
+            ) {
+                out.lock().unwrap().push(ev);
+            }
+        }
+    });
+    seen
+}
+
+/// A follower that restarts, again and again, rejoins under the same leader and term: nobody
+/// claims leadership, and no connection but the restarted node's own drops. Two nodes dialing
+/// each other at the same moment (the restarted follower dials everyone it knows while they
+/// redial it) must end with one connection, never none.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_restarting_follower_keeps_the_leader_and_its_term() {
+    init_tracing();
+    let dirs = dirs_by_id(3).await;
+    let (low, mid, high) = (&dirs[0], &dirs[1], &dirs[2]);
+    let h = node(high.1.path(), &[]).await;
+    let m = node(mid.1.path(), &[h.ticket()]).await;
+    let mut l = node(low.1.path(), &[h.ticket()]).await;
+    agree_on_leader(&[&h, &m, &l], &high.0).await;
+    wait_until("three nodes connected pairwise", || {
+        let (h, m) = (&h, &m);
+        async move {
+            h.peers().await.iter().filter(|p| p.connected).count() == 2
+                && m.peers().await.iter().filter(|p| p.connected).count() == 2
+        }
+    })
+    .await;
+    let term = h.leader_term().await;
+    let on_high = record_events(&h);
+    let on_mid = record_events(&m);
+    for round in 0..6 {
+        l.shutdown().await.unwrap();
+        l = node(low.1.path(), &[]).await;
+        agree_on_leader(&[&h, &m, &l], &high.0).await;
+        wait_until("the restarted follower connected to both", || {
+            let l = &l;
+            async move { l.peers().await.iter().filter(|p| p.connected).count() == 2 }
+        })
+        .await;
+        for (who, n) in [("high", &h), ("mid", &m), ("low", &l)] {
+            assert_eq!(
+                n.leader_term().await,
+                term,
+                "round {round}: {who}'s term moved although the leader did not change"
+            );
+        }
+    }
+    l.shutdown().await.unwrap();
+    let low_id = low.0.clone();
+    wait_until("high and mid see the follower gone", || {
+        let (h, m, low_id) = (&h, &m, &low_id);
+        async move {
+            for n in [h, m] {
+                if n.peers()
+                    .await
+                    .iter()
+                    .any(|p| p.connected && p.id == *low_id)
+                {
+                    return false;
+                }
+            }
+            true
+        }
+    })
+    .await;
+    for (who, seen) in [("high", on_high), ("mid", on_mid)] {
+        // The event of the last disconnect may trail the peer table by a moment.
+        wait_until("the last PeerDown event", || {
+            let (seen, low_id) = (&seen, &low_id);
+            async move {
+                matches!(seen.lock().unwrap().last(),
+                    Some(murmur::Event::PeerDown { peer }) if peer == low_id)
+            }
+        })
+        .await;
+        let seen = seen.lock().unwrap();
+        // At most one per departure (6 restarts, then for good); fewer when a restarted
+        // follower's new connection replaced its old one before that one's end was noticed.
+        let low_drops = seen
+            .iter()
+            .filter(|e| matches!(e, murmur::Event::PeerDown { peer } if *peer == low_id))
+            .count();
+        assert!(
+            low_drops <= 7,
+            "{who}: the follower left 7 times (6 restarts, then for good) but its connection \
+             dropped {low_drops} times: a connection it had kept was closed"
+        );
+        let leader_changes: Vec<_> = seen
+            .iter()
+            .filter(|e| matches!(e, murmur::Event::LeaderChanged { .. }))
+            .collect();
+        assert!(
+            leader_changes.is_empty(),
+            "{who} saw the leadership change: {leader_changes:?}"
+        );
+        let other_drops: Vec<_> = seen
+            .iter()
+            .filter(|e| matches!(e, murmur::Event::PeerDown { peer } if *peer != low_id))
+            .collect();
+        assert!(
+            other_drops.is_empty(),
+            "{who} lost a connection to a node that never left: {other_drops:?}"
+        );
+    }
+    h.shutdown().await.unwrap();
+    m.shutdown().await.unwrap();
+}

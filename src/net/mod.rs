@@ -446,9 +446,11 @@ impl Node {
                 keep,
             } => {
                 if let Some(code) = self.admit(&peer, dialer) {
+                    debug!(peer = %node_id_string(&peer), conn_id, dialer, %code, "connection not kept");
                     let _ = keep.send(Some(code));
                     return;
                 }
+                debug!(peer = %node_id_string(&peer), conn_id, dialer, "connection kept");
                 let replaced = self.peers.insert(
                     peer,
                     PeerConn {
@@ -490,6 +492,7 @@ impl Node {
                 }
             }
             NodeEvent::Down { peer, conn_id } => {
+                debug!(peer = %node_id_string(&peer), conn_id, current = self.peers.get(&peer).is_some_and(|p| p.conn_id == conn_id), "connection down");
                 if self.peers.get(&peer).is_some_and(|p| p.conn_id == conn_id) {
                     self.peers.remove(&peer);
                     self.clocks.remove_peer(&peer);
@@ -756,6 +759,7 @@ impl Node {
         while let Some(out) = self.election.poll_output() {
             match out {
                 Output::Send { to, msg } => {
+                    tracing::trace!(to = %node_id_string(&to), ?msg, "election message");
                     if let Some(p) = self.peers.get(&to) {
                         let _ = p.control.try_send(ControlMsg::Election(msg));
                     }

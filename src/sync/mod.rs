@@ -167,8 +167,9 @@ pub(crate) struct LoadedWhole {
     pub doc: KvDoc,
     /// The sync state after the message: give it back with [`PeerSync::loaded`].
     pub state: sync::State,
-    /// The document's bytes and heads, to store as the snapshot.
-    pub loaded: Loaded,
+    /// The document's bytes and heads, to store as the snapshot; None when the document
+    /// sent was empty (a peer that has nothing either: nothing to store).
+    pub loaded: Option<Loaded>,
     /// Every key's winning entry, in key order.
     pub winners: Vec<(String, crate::doc::Entry)>,
 }
@@ -182,16 +183,20 @@ impl WholeDoc {
         epoch: &EpochId,
     ) -> Result<LoadedWhole, SyncError> {
         let mut doc = KvDoc::empty(node, epoch);
-        let bytes = doc
+        // Nothing loaded means the document sent holds no change: a peer that has nothing
+        // either sends one (its `save()` of an empty document). That is not misbehaviour;
+        // taking it for some closed every connection between two empty nodes as soon as it
+        // synced, again at every redial (and a follower that lost its leader's connection
+        // so called elections).
+        let loaded = doc
             .receive_sync_message(&mut self.state, &self.msg)
             .map_err(SyncError::BadSync)?
-            .ok_or_else(|| SyncError::BadSync("the whole document did not load".into()))?;
-        let heads = doc.heads();
+            .map(|bytes| (bytes, doc.heads()));
         let winners = doc.all_entries();
         Ok(LoadedWhole {
             doc,
             state: self.state,
-            loaded: (bytes, heads),
+            loaded,
             winners,
         })
     }

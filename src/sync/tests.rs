@@ -502,7 +502,7 @@ fn a_whole_document_loaded_apart_is_the_same_as_one_received() {
                     b = l.doc;
                     sb.loaded(l.state);
                     assert_eq!(l.winners, b.all_entries());
-                    loaded = Some(l.loaded);
+                    loaded = l.loaded;
                 }
                 Received::Synced { loaded: Some(_) } => panic!("loaded in place"),
                 _ => {}
@@ -572,4 +572,51 @@ fn a_corrupt_whole_document_fails_to_load_apart() {
         other => panic!("expected a whole document, got {other:?}"),
     }
     assert!(b.is_empty());
+}
+
+/// Two replicas that both have nothing (nodes that never wrote): what one sends the other as
+/// its "whole document" holds no change. Loading it is not an error (it once was, and closed
+/// every connection between two empty nodes as soon as it synced), stores nothing, and the
+/// pair goes quiet.
+#[test]
+fn an_empty_whole_document_from_an_empty_peer_loads_as_nothing() {
+    /// Delivers what `from` has to say to `to`, loading a whole document as the replica does.
+    fn deliver(
+        (sf, df): (&mut PeerSync, &mut KvDoc),
+        (st, dt, id): (&mut PeerSync, &mut KvDoc, [u8; 32]),
+    ) -> usize {
+        let mut wholes = 0;
+        for m in sf.poll(df, EpochId::ZERO).msgs {
+            match st.receive_offloading(dt, m).unwrap() {
+                Received::Whole(w) => {
+                    wholes += 1;
+                    let l = w
+                        .load(&id, &EpochId::ZERO)
+                        .expect("an empty document loads");
+                    assert!(l.loaded.is_none(), "nothing to store");
+                    assert!(l.winners.is_empty());
+                    *dt = l.doc;
+                    st.loaded(l.state);
+                }
+                Received::Synced { loaded } => assert!(loaded.is_none()),
+                _ => {}
+            }
+        }
+        wholes
+    }
+    let mut a = KvDoc::empty(&[1; 32], &EpochId::ZERO);
+    let mut b = KvDoc::empty(&[2; 32], &EpochId::ZERO);
+    let (mut sa, mut sb) = (PeerSync::new(None), PeerSync::new(None));
+    let mut wholes = 0;
+    for _ in 0..4 {
+        wholes += deliver((&mut sa, &mut a), (&mut sb, &mut b, [2; 32]));
+        wholes += deliver((&mut sb, &mut b), (&mut sa, &mut a, [1; 32]));
+    }
+    assert!(
+        wholes > 0,
+        "the case under test: an empty document sent whole"
+    );
+    assert!(a.is_empty() && b.is_empty());
+    assert!(sa.poll(&mut a, EpochId::ZERO).msgs.is_empty());
+    assert!(sb.poll(&mut b, EpochId::ZERO).msgs.is_empty());
 }
