@@ -185,6 +185,15 @@ typedef enum MurmurEventKind {
    * `bytes_after`): its stored history was replaced by the live entries.
    */
   MURMUR_EVENT_COMPACTED = 6,
+  /**
+   * This replica could not store something (`error`: what failed). It keeps working and
+   * retries by itself; reported once per run of failures, ended by `STORAGE_RECOVERED`.
+   */
+  MURMUR_EVENT_STORAGE_FAILED = 7,
+  /**
+   * A commit succeeded again after `STORAGE_FAILED`.
+   */
+  MURMUR_EVENT_STORAGE_RECOVERED = 8,
 } MurmurEventKind;
 
 /**
@@ -329,6 +338,10 @@ typedef struct MurmurEvent {
    * COMPACTED: bytes of the stored document after.
    */
   uint64_t bytes_after;
+  /**
+   * STORAGE_FAILED: what failed, as the storage reported it.
+   */
+  const char *error;
 } MurmurEvent;
 
 /**

@@ -63,6 +63,19 @@ pub enum Event {
         /// Bytes of the stored document after.
         bytes_after: u64,
     },
+    /// This replica could not store something (disk full, the database locked by another
+    /// program past the busy timeout, a switch to a new epoch that did not commit, ...).
+    /// Writes in the failed batch returned the error to their callers; changes received from
+    /// peers are asked for again. The replica keeps working and retries by itself, and reports
+    /// [`Event::StorageRecovered`] at its first commit that succeeds again. Reported once per
+    /// run of failures, not for every failed attempt.
+    StorageFailed {
+        /// What failed, as the storage reported it.
+        error: String,
+    },
+    /// Storing works again after [`Event::StorageFailed`]: a commit succeeded, and this
+    /// replica is catching up with its peers on what it could not store.
+    StorageRecovered,
     /// This subscriber fell behind and `missed` events were dropped for it. Read the current
     /// state with `get` if it matters.
     Lagged {

@@ -390,6 +390,8 @@ struct Replica {
     /// in-memory document may hold changes the store lacks, so nothing may use it until a
     /// reload succeeds (tried again at the start of every batch).
     stale: bool,
+    /// A commit failed and none has succeeded since ([`Event::StorageFailed`] was sent).
+    storage_failing: bool,
     /// The wall clock and the measured peer clocks.
     clocks: Arc<Clocks>,
     /// The epoch protocol.
@@ -628,6 +630,7 @@ impl Replica {
             change_bytes,
             hlc: Hlc::default(),
             stale: false,
+            storage_failing: false,
             clocks: cfg.clocks,
             coord: Coordinator::new(me, epoch, cfg.policy),
             staging: None,
@@ -942,6 +945,7 @@ impl Replica {
                  works again"
                     .into(),
             );
+            self.view.count_failed_commit();
             return self.fail_batch(fx, &e);
         }
         if self.doc.is_broken() {
@@ -1106,9 +1110,13 @@ impl Replica {
             Err(e) => {
                 warn!("commit failed: {e}");
                 self.view.count_failed_commit();
+                if doc_error.is_none() {
+                    self.storage_failed(&e);
+                }
                 return self.fail_batch(fx, &e);
             }
         }
+        self.storage_works();
 
         // Committed: tell others first (replication latency runs from here: BENCHMARKS.md,
         // W2), while the disk syncs the commit; then make it visible (so a writer reads its own
@@ -1515,10 +1523,12 @@ impl Replica {
             Err(e) => {
                 warn!("cannot switch to epoch {epoch:?}, will try again: {e}");
                 self.view.count_failed_commit();
+                self.storage_failed(&e);
                 self.coord.switch_failed(self.started.elapsed());
                 return Err(e);
             }
         };
+        self.storage_works();
         self.store.shrink();
         *self.view.epoch.lock().unwrap_or_else(|p| p.into_inner()) = epoch;
         self.doc = new;
@@ -1994,6 +2004,25 @@ impl Replica {
         false
     }
 
+    /// Reports a failed commit to subscribers, once per run of failures (see
+    /// [`Event::StorageFailed`]).
+    fn storage_failed(&mut self, e: &Error) {
+        if !self.storage_failing {
+            self.storage_failing = true;
+            let _ = self.events.send(Event::StorageFailed {
+                error: e.to_string(),
+            });
+        }
+    }
+
+    /// A commit succeeded: ends a run of failures ([`Event::StorageRecovered`]).
+    fn storage_works(&mut self) {
+        if self.storage_failing {
+            self.storage_failing = false;
+            let _ = self.events.send(Event::StorageRecovered);
+        }
+    }
+
     /// Whether the in-memory document must not be used (see [`Replica::stale`]).
     fn doc_unusable(&self) -> bool {
         self.stale || self.doc.is_broken()
@@ -2024,6 +2053,11 @@ impl Replica {
                 &self.coord.epoch(),
             )
             .map_err(|le| self.store.corrupt(le))
+        });
+        #[cfg(test)]
+        let reloaded = reloaded.and_then(|d| match reload_fault::injected(&self.me) {
+            true => Err(Error::Storage("injected: the store cannot be read".into())),
+            false => Ok(d),
         });
         let doc = match reloaded {
             Ok(doc) => doc,
@@ -2125,6 +2159,36 @@ pub(crate) mod load_gate {
         })
         .await
         .unwrap();
+    }
+}
+
+/// Test hook: makes a node's reloads of its document after a failed commit fail, as when the
+/// store cannot even be read, so that tests reach [`Replica::stale`].
+#[cfg(test)]
+pub(crate) mod reload_fault {
+    use std::{collections::HashSet, sync::Mutex};
+
+    use crate::doc::NodeBytes;
+
+    static FAILING: Mutex<Option<HashSet<NodeBytes>>> = Mutex::new(None);
+
+    /// Sets whether `node`'s reloads fail.
+    pub(crate) fn set(node: NodeBytes, failing: bool) {
+        let mut g = FAILING.lock().unwrap_or_else(|p| p.into_inner());
+        let set = g.get_or_insert_with(HashSet::new);
+        if failing {
+            set.insert(node);
+        } else {
+            set.remove(&node);
+        }
+    }
+
+    pub(super) fn injected(node: &NodeBytes) -> bool {
+        FAILING
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .as_ref()
+            .is_some_and(|s| s.contains(node))
     }
 }
 

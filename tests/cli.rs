@@ -551,3 +551,25 @@ fn a_ticket_with_trailing_bytes_is_refused_at_start() {
     assert!(err.contains("bytes follow the address"), "{err:.300}");
     assert!(err.len() < 1000, "the error repeats {} bytes", err.len());
 }
+
+/// With `watch on`, a commit that fails (another program holds the database's write lock past
+/// the busy timeout) prints `event storage-failed <reason>` once, and the next commit that works
+/// prints `event storage-recovered`.
+#[test]
+fn storage_failures_and_recovery_are_printed_as_events() {
+    let d = tempfile::tempdir().unwrap();
+    let mut a = Node::run(d.path(), None);
+    a.expect_line("ready");
+    a.send("watch on");
+    assert_eq!(a.expect_line("watch"), "watch on");
+    let lock = rusqlite::Connection::open(d.path().join("murmur.sqlite3")).unwrap();
+    lock.execute_batch("BEGIN IMMEDIATE").unwrap();
+    a.send("put k v");
+    let failed = a.expect_line("event storage-failed");
+    assert!(failed.contains("locked"), "{failed}");
+    lock.execute_batch("ROLLBACK").unwrap();
+    a.send("put k v2");
+    a.expect_line("event storage-recovered");
+    a.poll("get k", |l| l == "v2");
+    a.quit();
+}

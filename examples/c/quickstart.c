@@ -46,6 +46,10 @@ static void on_event(void *user_data, const MurmurEvent *ev) {
     case MURMUR_EVENT_DELETED: s->deletes++; break;
     case MURMUR_EVENT_LEADER_CHANGED: s->leader_changes++; break;
     case MURMUR_EVENT_PEER_UP: s->peers_up++; break;
+    /* The replica could not store something (disk full, database locked by another program):
+     * it retries by itself; an app may want to tell its user. */
+    case MURMUR_EVENT_STORAGE_FAILED: fprintf(stderr, "storage failed: %s\n", ev->error); break;
+    case MURMUR_EVENT_STORAGE_RECOVERED: fprintf(stderr, "storage works again\n"); break;
     default: break;
     }
     pthread_mutex_unlock(&s->lock);

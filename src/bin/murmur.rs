@@ -232,6 +232,8 @@ fn print_event(e: &Event) {
         } => say!(
             "event compacted epoch {epoch}: {keys} keys, {bytes_before} -> {bytes_after} bytes"
         ),
+        Event::StorageFailed { error } => say!("event storage-failed {error}"),
+        Event::StorageRecovered => say!("event storage-recovered"),
     }
 }
 

@@ -8,11 +8,15 @@
 //! requires convergence within a deadline: without the recovery, the replica that failed never
 //! applies the lost changes (nor anything that depends on them), and the wait times out.
 
-use std::{path::Path, time::Duration};
+use std::{
+    path::Path,
+    sync::{Arc, Mutex},
+    time::Duration,
+};
 
 use tempfile::TempDir;
 
-use crate::{test_node, Error, Swarm};
+use crate::{test_node, Error, Event, Swarm};
 
 async fn node(dir: &Path, peers: &[String]) -> Swarm {
     test_node(dir, "replica-fault-tests", peers).await
@@ -104,22 +108,57 @@ async fn peer_changes_lost_to_a_failed_commit_arrive_once_storage_works() {
     b.shutdown().await.unwrap();
 }
 
+/// The storage events a node reported, collected in the background.
+fn storage_events(s: &Swarm) -> Arc<Mutex<Vec<Event>>> {
+    let seen = Arc::new(Mutex::new(Vec::new()));
+    let mut events = s.subscribe();
+    let out = seen.clone();
+    tokio::spawn(async move {
+        while let Some(ev) = events.recv().await {
+            if matches!(ev, Event::StorageFailed { .. } | Event::StorageRecovered) {
+                out.lock().unwrap().push(ev);
+            }
+        }
+    });
+    seen
+}
+
 /// A local write whose commit fails is refused (and made nowhere); later writes work and
-/// replicate, in both directions.
+/// replicate, in both directions. Subscribers hear of the failure once, however many
+/// attempts fail, and of the recovery once.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_local_write_that_failed_is_made_nowhere_and_later_writes_replicate() {
     let (da, _db, a, b) = replicating_pair().await;
+    let reported = storage_events(&a);
 
     let lock = WriteLock::hold(da.path());
-    let refused = a.put("lost", b"never").await;
-    assert!(
-        matches!(&refused, Err(Error::Storage(m)) if m.contains("locked")),
-        "{refused:?}"
-    );
+    for _ in 0..2 {
+        let refused = a.put("lost", b"never").await;
+        assert!(
+            matches!(&refused, Err(Error::Storage(m)) if m.contains("locked")),
+            "{refused:?}"
+        );
+    }
     assert_eq!(a.get("lost").await.unwrap(), None);
+    until("the failure is reported", async || {
+        !reported.lock().unwrap().is_empty()
+    })
+    .await;
     drop(lock);
 
     a.put("kept", b"yes").await.unwrap();
+    until("the recovery is reported", async || {
+        reported.lock().unwrap().len() >= 2
+    })
+    .await;
+    {
+        let reported = reported.lock().unwrap();
+        assert!(
+            matches!(&reported[..], [Event::StorageFailed { error }, Event::StorageRecovered]
+                if error.contains("locked")),
+            "{reported:?}"
+        );
+    }
     b.put("from-b", b"too").await.unwrap();
     until("both converge", async || converged(&a, &b).await).await;
     assert_eq!(b.get("kept").await.unwrap().as_deref(), Some(&b"yes"[..]));
@@ -199,6 +238,63 @@ async fn an_epoch_switch_that_failed_to_commit_is_made_later() {
     follower.put("z", b"3").await.unwrap();
     until("both converge", async || converged(&a, &b).await).await;
     assert_eq!(a.len().await.unwrap(), 3);
+    a.shutdown().await.unwrap();
+    b.shutdown().await.unwrap();
+}
+
+/// A replica that cannot even read its store after a failed commit refuses writes and peers'
+/// changes until it can (it must not use a document that may hold what the store lacks),
+/// retries at every batch, and then catches up with everything it refused.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_replica_that_cannot_reload_refuses_everything_until_it_can() {
+    let (da, _db, a, b) = replicating_pair().await;
+    let a_id = super::tests::node_bytes(&a);
+    let reported = storage_events(&a);
+
+    super::reload_fault::set(a_id, true);
+    let lock = WriteLock::hold(da.path());
+    let refused = a.put("lost", b"never").await;
+    assert!(
+        matches!(&refused, Err(Error::Storage(m)) if m.contains("locked")),
+        "{refused:?}"
+    );
+    drop(lock);
+    // The lock is gone, but the document could not be reloaded: still refused, with a reason
+    // that says so, and B's writes are not applied either.
+    let refused = a.put("also-lost", b"never").await;
+    assert!(
+        matches!(&refused, Err(Error::Storage(m)) if m.contains("cannot reload")),
+        "{refused:?}"
+    );
+    let failed = a.failed_commits();
+    b.put("from-b", b"while A is stale").await.unwrap();
+    // B's push arrives at once; each batch A refuses counts (a tick makes one every second).
+    until("A refused two more batches", async || {
+        a.failed_commits() >= failed + 2
+    })
+    .await;
+    assert_eq!(a.get("from-b").await.unwrap(), None);
+
+    super::reload_fault::set(a_id, false);
+    a.put("kept", b"yes").await.unwrap();
+    until("both converge", async || converged(&a, &b).await).await;
+    assert_eq!(
+        a.get("from-b").await.unwrap().as_deref(),
+        Some(&b"while A is stale"[..])
+    );
+    assert_eq!(b.get("kept").await.unwrap().as_deref(), Some(&b"yes"[..]));
+    for k in ["lost", "also-lost"] {
+        assert_eq!(a.get(k).await.unwrap(), None);
+        assert_eq!(b.get(k).await.unwrap(), None);
+    }
+    let reported = reported.lock().unwrap().clone();
+    assert!(
+        matches!(
+            &reported[..],
+            [Event::StorageFailed { .. }, Event::StorageRecovered]
+        ),
+        "{reported:?}"
+    );
     a.shutdown().await.unwrap();
     b.shutdown().await.unwrap();
 }

@@ -35,6 +35,11 @@ pub enum MurmurEventKind {
     /// This replica entered a new history epoch (`epoch`, `term`, `keys`, `bytes_before`,
     /// `bytes_after`): its stored history was replaced by the live entries.
     MurmurEventCompacted = 6,
+    /// This replica could not store something (`error`: what failed). It keeps working and
+    /// retries by itself; reported once per run of failures, ended by `STORAGE_RECOVERED`.
+    MurmurEventStorageFailed = 7,
+    /// A commit succeeded again after `STORAGE_FAILED`.
+    MurmurEventStorageRecovered = 8,
 }
 
 /// An event, as passed to a `MurmurEventCallback`. Fields that do not apply to `kind` are
@@ -69,6 +74,8 @@ pub struct MurmurEvent {
     pub bytes_before: u64,
     /// COMPACTED: bytes of the stored document after.
     pub bytes_after: u64,
+    /// STORAGE_FAILED: what failed, as the storage reported it.
+    pub error: *const c_char,
 }
 
 /// Receives events. Runs on a library thread, one event at a time per subscription, in order.
@@ -123,6 +130,7 @@ fn deliver(cb: unsafe extern "C" fn(*mut c_void, *const MurmurEvent), ud: UserDa
         keys: 0,
         bytes_before: 0,
         bytes_after: 0,
+        error: none,
     };
     match ev {
         Event::Put { key, value, origin } => {
@@ -169,6 +177,11 @@ fn deliver(cb: unsafe extern "C" fn(*mut c_void, *const MurmurEvent), ud: UserDa
             out.bytes_before = *bytes_before;
             out.bytes_after = *bytes_after;
         }
+        Event::StorageFailed { error } => {
+            out.kind = MurmurEventKind::MurmurEventStorageFailed;
+            out.error = s(error);
+        }
+        Event::StorageRecovered => out.kind = MurmurEventKind::MurmurEventStorageRecovered,
     }
     // SAFETY: the caller's callback and user_data; `out` and `keep` outlive the call.
     unsafe { cb(ud.0, &out) };

@@ -344,6 +344,71 @@ fn subscription_delivers_until_unsubscribed() {
     }
 }
 
+unsafe extern "C" fn on_storage_event(ud: *mut c_void, ev: *const MurmurEvent) {
+    let events = unsafe { &*(ud as *const Events) };
+    let ev = unsafe { &*ev };
+    if matches!(
+        ev.kind,
+        MurmurEventKind::MurmurEventStorageFailed | MurmurEventKind::MurmurEventStorageRecovered
+    ) {
+        let error = if ev.error.is_null() {
+            String::new()
+        } else {
+            unsafe { CStr::from_ptr(ev.error) }
+                .to_string_lossy()
+                .into_owned()
+        };
+        events.kinds.lock().unwrap().push((ev.kind, error));
+    }
+}
+
+/// A commit that fails (another program holds the database's write lock past the busy
+/// timeout) reaches C subscribers as STORAGE_FAILED with the reason, and the next commit that
+/// works as STORAGE_RECOVERED.
+#[test]
+fn storage_failures_and_recovery_are_events() {
+    let dir = tempfile::tempdir().unwrap();
+    let s = open(dir.path());
+    let events = Arc::new(Events {
+        kinds: Mutex::new(Vec::new()),
+    });
+    let ud = Arc::as_ptr(&events) as *mut c_void;
+    unsafe {
+        let mut sub = null_mut();
+        assert_eq!(
+            murmur_subscribe(s, Some(on_storage_event), ud, &mut sub),
+            MurmurOk
+        );
+        assert_eq!(murmur_start(s), MurmurOk);
+        let lock = rusqlite::Connection::open(dir.path().join("murmur.sqlite3")).unwrap();
+        lock.execute_batch("BEGIN IMMEDIATE").unwrap();
+        assert_eq!(
+            murmur_put(s, c"k".as_ptr(), b"v".as_ptr(), 1),
+            MurmurErrStorage
+        );
+        wait_for("STORAGE_FAILED", || {
+            !events.kinds.lock().unwrap().is_empty()
+        });
+        lock.execute_batch("ROLLBACK").unwrap();
+        assert_eq!(murmur_put(s, c"k".as_ptr(), b"v".as_ptr(), 1), MurmurOk);
+        wait_for("STORAGE_RECOVERED", || {
+            events.kinds.lock().unwrap().len() >= 2
+        });
+        {
+            let k = events.kinds.lock().unwrap();
+            assert_eq!(k[0].0, MurmurEventKind::MurmurEventStorageFailed);
+            assert!(k[0].1.contains("locked"), "{:?}", k[0].1);
+            assert_eq!(
+                k[1],
+                (MurmurEventKind::MurmurEventStorageRecovered, String::new())
+            );
+        }
+        assert_eq!(murmur_unsubscribe(sub), MurmurOk);
+        assert_eq!(murmur_shutdown(s), MurmurOk);
+        assert_eq!(murmur_free(s), MurmurOk);
+    }
+}
+
 #[test]
 fn status_names_and_version() {
     let name = unsafe { CStr::from_ptr(murmur_status_name(MurmurErrWouldDeadlock)) };

@@ -341,6 +341,15 @@ pub enum Event {
         /// Bytes of the stored document after.
         bytes_after: u64,
     },
+    /// This replica could not store something (disk full, the database locked by another
+    /// program, ...). It keeps working and retries by itself; reported once per run of
+    /// failures, ended by `StorageRecovered`.
+    StorageFailed {
+        /// What failed, as the storage reported it.
+        error: String,
+    },
+    /// A commit succeeded again after `StorageFailed`.
+    StorageRecovered,
 }
 
 impl From<crate::Event> for Event {
@@ -365,6 +374,8 @@ impl From<crate::Event> for Event {
                 bytes_before,
                 bytes_after,
             },
+            crate::Event::StorageFailed { error } => Event::StorageFailed { error },
+            crate::Event::StorageRecovered => Event::StorageRecovered,
         }
     }
 }
