@@ -1999,6 +1999,20 @@ public enum Event: Equatable, Hashable {
          * Bytes of the stored document after.
          */bytesAfter: UInt64
     )
+    /**
+     * This replica could not store something (disk full, the database locked by another
+     * program, ...). It keeps working and retries by itself; reported once per run of
+     * failures, ended by `StorageRecovered`.
+     */
+    case storageFailed(
+        /**
+         * What failed, as the storage reported it.
+         */error: String
+    )
+    /**
+     * A commit succeeded again after `StorageFailed`.
+     */
+    case storageRecovered
 
 
 
@@ -2040,6 +2054,11 @@ public struct FfiConverterTypeEvent: FfiConverterRustBuffer {
         
         case 7: return .compacted(epoch: try FfiConverterUInt64.read(from: &buf), term: try FfiConverterUInt64.read(from: &buf), keys: try FfiConverterUInt64.read(from: &buf), bytesBefore: try FfiConverterUInt64.read(from: &buf), bytesAfter: try FfiConverterUInt64.read(from: &buf)
         )
+        
+        case 8: return .storageFailed(error: try FfiConverterString.read(from: &buf)
+        )
+        
+        case 9: return .storageRecovered
         
         default: throw UniffiInternalError.unexpectedEnumCase
         }
@@ -2091,6 +2110,15 @@ public struct FfiConverterTypeEvent: FfiConverterRustBuffer {
             FfiConverterUInt64.write(bytesBefore, into: &buf)
             FfiConverterUInt64.write(bytesAfter, into: &buf)
             
+        
+        case let .storageFailed(error):
+            writeInt(&buf, Int32(8))
+            FfiConverterString.write(error, into: &buf)
+            
+        
+        case .storageRecovered:
+            writeInt(&buf, Int32(9))
+        
         }
     }
 }

@@ -3311,6 +3311,29 @@ sealed class Event {
         companion object
     }
     
+    /**
+     * This replica could not store something (disk full, the database locked by another
+     * program, ...). It keeps working and retries by itself; reported once per run of
+     * failures, ended by `StorageRecovered`.
+     */
+    data class StorageFailed(
+        /**
+         * What failed, as the storage reported it.
+         */
+        val `error`: kotlin.String) : Event()
+        
+    {
+        
+
+        companion object
+    }
+    
+    /**
+     * A commit succeeded again after `StorageFailed`.
+     */
+    object StorageRecovered : Event()
+    
+    
 
     
 
@@ -3356,6 +3379,10 @@ public object FfiConverterTypeEvent : FfiConverterRustBuffer<Event>{
                 FfiConverterULong.read(buf),
                 FfiConverterULong.read(buf),
                 )
+            8 -> Event.StorageFailed(
+                FfiConverterString.read(buf),
+                )
+            9 -> Event.StorageRecovered
             else -> throw RuntimeException("invalid enum value, something is very wrong!!")
         }
     }
@@ -3418,6 +3445,19 @@ public object FfiConverterTypeEvent : FfiConverterRustBuffer<Event>{
                 + FfiConverterULong.allocationSize(value.`bytesAfter`)
             )
         }
+        is Event.StorageFailed -> {
+            // Add the size for the Int that specifies the variant plus the size needed for all fields
+            (
+                4UL
+                + FfiConverterString.allocationSize(value.`error`)
+            )
+        }
+        is Event.StorageRecovered -> {
+            // Add the size for the Int that specifies the variant plus the size needed for all fields
+            (
+                4UL
+            )
+        }
     }
 
     override fun write(value: Event, buf: ByteBuffer) {
@@ -3463,6 +3503,15 @@ public object FfiConverterTypeEvent : FfiConverterRustBuffer<Event>{
                 FfiConverterULong.write(value.`keys`, buf)
                 FfiConverterULong.write(value.`bytesBefore`, buf)
                 FfiConverterULong.write(value.`bytesAfter`, buf)
+                Unit
+            }
+            is Event.StorageFailed -> {
+                buf.putInt(8)
+                FfiConverterString.write(value.`error`, buf)
+                Unit
+            }
+            is Event.StorageRecovered -> {
+                buf.putInt(9)
                 Unit
             }
         }.let { /* this makes the `when` an expression, which ensures it is exhaustive */ }
