@@ -223,6 +223,11 @@ pub(crate) async fn handshake(
         if !t.verify(key, Role::Dialer, &proof) {
             return Err(fail("peer does not hold the swarm key"));
         }
+        // A node that is shutting down does not welcome anyone: the dialer would count a
+        // connection (a peer up, then down at once) to a node that is leaving.
+        if shared.closing.load(std::sync::atomic::Ordering::SeqCst) {
+            return Err((close::NORMAL, "shutting down".into()));
+        }
         send(&mut cs, &ControlMsg::Welcome).await?;
         let (ds, mut dr) = conn.accept_bi().await.map_err(|e| proto(e.to_string()))?;
         let mut tag = [0u8; 1];

@@ -54,6 +54,7 @@ impl Raw {
             node_tx,
             replica_tx,
             conn_ids: Default::default(),
+            closing: Default::default(),
         });
         Raw { ep, shared }
     }
@@ -434,4 +435,38 @@ async fn unasked_values_behind_a_whole_document_are_kept_only_if_referenced() {
     )
     .unwrap();
     assert_eq!(reloaded.entries(), doc.entries());
+}
+
+/// A node that has begun shutting down welcomes nobody: a dial that reaches it while it closes
+/// fails the handshake, so the dialer never counts a connection (a peer up, then down at once)
+/// to a node that is leaving. (A restarting follower's old instance once was such a peer.)
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_node_shutting_down_refuses_handshakes() {
+    let key = SwarmKey::from_name("hostile");
+    let (dialer, acceptor) = (Raw::new(key.clone()).await, Raw::new(key).await);
+    let acceptor_id = *acceptor.ep.id().as_bytes();
+    let dialer_id = *dialer.ep.id().as_bytes();
+    for closing in [false, true] {
+        acceptor
+            .shared
+            .closing
+            .store(closing, std::sync::atomic::Ordering::SeqCst);
+        let accept = {
+            let (ep, shared) = (acceptor.ep.clone(), acceptor.shared.clone());
+            tokio::spawn(async move {
+                let conn = ep.accept().await.unwrap().await.unwrap();
+                let r = handshake(&shared, &conn, false, &dialer_id).await.map(|_| ());
+                (r, conn)
+            })
+        };
+        let conn = dialer.ep.connect(acceptor.ep.addr(), ALPN).await.unwrap();
+        let dialed = handshake(&dialer.shared, &conn, true, &acceptor_id).await;
+        let (accepted, _acceptor_conn) = accept.await.unwrap();
+        if closing {
+            assert!(dialed.is_err(), "the dialer was welcomed by a closing node");
+            assert_eq!(accepted.unwrap_err(), (close::NORMAL, "shutting down".into()));
+        } else {
+            assert!(dialed.is_ok() && accepted.is_ok(), "an open node welcomes");
+        }
+    }
 }

@@ -19,7 +19,7 @@ use std::{
     collections::HashMap,
     net::SocketAddr,
     sync::{
-        atomic::{AtomicU64, Ordering},
+        atomic::{AtomicBool, AtomicU64, Ordering},
         Arc,
     },
     time::Duration,
@@ -148,6 +148,9 @@ pub(crate) struct Shared {
     pub node_tx: mpsc::Sender<NodeEvent>,
     pub replica_tx: mpsc::Sender<Command>,
     conn_ids: AtomicU64,
+    /// Set when the node starts shutting down: connections still completing their handshake
+    /// are refused, so that no peer counts a connection to a node that is leaving.
+    pub closing: AtomicBool,
 }
 
 impl Shared {
@@ -244,6 +247,7 @@ pub(crate) fn start(
         node_tx: node_tx.clone(),
         replica_tx,
         conn_ids: AtomicU64::new(1),
+        closing: AtomicBool::new(false),
     });
     let (leader_tx, leader_rx) = watch::channel(LeaderState::default());
     let start = Instant::now();
@@ -831,6 +835,7 @@ impl Node {
     }
 
     async fn shutdown(&mut self) {
+        self.shared.closing.store(true, Ordering::SeqCst);
         for p in self.peers.values() {
             p.conn.close(close::NORMAL, b"shutdown");
         }
