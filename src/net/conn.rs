@@ -175,6 +175,11 @@ pub(crate) async fn handshake(
         if !t.verify(key, Role::Acceptor, &proof) {
             return Err(fail("peer does not hold the swarm key"));
         }
+        // A node that began shutting down completes no connection, in either role (see the
+        // acceptor's check below).
+        if shared.closing.load(std::sync::atomic::Ordering::SeqCst) {
+            return Err((close::NORMAL, "shutting down".into()));
+        }
         send(
             &mut cs,
             &ControlMsg::Proof {

@@ -437,34 +437,49 @@ async fn unasked_values_behind_a_whole_document_are_kept_only_if_referenced() {
     assert_eq!(reloaded.entries(), doc.entries());
 }
 
-/// A node that has begun shutting down welcomes nobody: a dial that reaches it while it closes
-/// fails the handshake, so the dialer never counts a connection (a peer up, then down at once)
-/// to a node that is leaving. (A restarting follower's old instance once was such a peer.)
+/// A node that has begun shutting down completes no connection: a dial that reaches it while
+/// it closes fails the handshake, and so does a dial it had started, so that no peer counts a
+/// connection (a peer up, then down at once) to a node that is leaving. (A restarting
+/// follower's old instance once was such a peer, both ways.)
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn a_node_shutting_down_refuses_handshakes() {
+async fn a_node_shutting_down_completes_no_handshake() {
     let key = SwarmKey::from_name("hostile");
     let (dialer, acceptor) = (Raw::new(key.clone()).await, Raw::new(key).await);
     let acceptor_id = *acceptor.ep.id().as_bytes();
     let dialer_id = *dialer.ep.id().as_bytes();
-    for closing in [false, true] {
+    // (dialer closing, acceptor closing)
+    for (dialer_closing, acceptor_closing) in [(false, false), (false, true), (true, false)] {
+        let closing = dialer_closing || acceptor_closing;
+        dialer
+            .shared
+            .closing
+            .store(dialer_closing, std::sync::atomic::Ordering::SeqCst);
         acceptor
             .shared
             .closing
-            .store(closing, std::sync::atomic::Ordering::SeqCst);
+            .store(acceptor_closing, std::sync::atomic::Ordering::SeqCst);
         let accept = {
             let (ep, shared) = (acceptor.ep.clone(), acceptor.shared.clone());
             tokio::spawn(async move {
                 let conn = ep.accept().await.unwrap().await.unwrap();
-                let r = handshake(&shared, &conn, false, &dialer_id).await.map(|_| ());
+                let r = handshake(&shared, &conn, false, &dialer_id)
+                    .await
+                    .map(|_| ());
                 (r, conn)
             })
         };
         let conn = dialer.ep.connect(acceptor.ep.addr(), ALPN).await.unwrap();
         let dialed = handshake(&dialer.shared, &conn, true, &acceptor_id).await;
         let (accepted, _acceptor_conn) = accept.await.unwrap();
-        if closing {
+        if acceptor_closing {
             assert!(dialed.is_err(), "the dialer was welcomed by a closing node");
-            assert_eq!(accepted.unwrap_err(), (close::NORMAL, "shutting down".into()));
+            assert_eq!(
+                accepted.unwrap_err(),
+                (close::NORMAL, "shutting down".into())
+            );
+        } else if closing {
+            assert_eq!(dialed.unwrap_err(), (close::NORMAL, "shutting down".into()));
+            assert!(accepted.is_err(), "a closing node's dial was completed");
         } else {
             assert!(dialed.is_ok() && accepted.is_ok(), "an open node welcomes");
         }
