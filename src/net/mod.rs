@@ -1,14 +1,16 @@
 //! Networking: the iroh endpoint, connections, the peer table, peer exchange, and the driver of
 //! the election state machine.
 //!
-//! One task (the *node task*, [`run_node`]) owns the peer table and the election state. Each
-//! connection runs in its own task ([`conn`]) and reports to the node task through
-//! [`NodeEvent`]s; the node task decides which connections to keep, dials and re-dials peers,
-//! exchanges peer lists, feeds election messages and timer ticks to
-//! [`Election`](crate::election::Election), and carries out what it asks.
+//! One task (the *node task*, `Node::run`) owns the two protocol state machines of this layer:
+//! [`Membership`](membership::Membership) (which connections to keep, whom to dial and when,
+//! what peers tell each other) and [`Election`](crate::election::Election). Both are sans-IO:
+//! the node task feeds them what happened with the time since start, and carries out their
+//! outputs (dial, close, send, persist). Each connection runs in its own task ([`conn`]) and
+//! reports to the node task through [`NodeEvent`]s.
 
 pub(crate) mod auth;
 pub(crate) mod conn;
+pub(crate) mod membership;
 pub(crate) mod ticket;
 pub(crate) mod wire;
 
@@ -35,7 +37,12 @@ use tokio::{
 };
 use tracing::{debug, warn};
 
-use self::{auth::SwarmKey, conn::close, wire::ControlMsg};
+use self::{
+    auth::SwarmKey,
+    conn::close,
+    membership::{Admit, Membership},
+    wire::ControlMsg,
+};
 use crate::{
     clock::{Clocks, OffsetEstimator},
     doc::NodeBytes,
@@ -48,9 +55,6 @@ use crate::{
 
 /// How often disconnected known peers are considered for a new dial.
 const RECONNECT_CHECK: Duration = Duration::from_millis(200);
-/// First and longest wait between dials of an unreachable peer.
-const BACKOFF_MIN: Duration = Duration::from_millis(250);
-const BACKOFF_MAX: Duration = Duration::from_secs(2);
 /// Anti-entropy period: a sync round with every peer, re-requests of missing values.
 const ANTI_ENTROPY: Duration = Duration::from_secs(1);
 /// How often each peer's clock is measured (and once as soon as it connects).
@@ -266,6 +270,7 @@ pub(crate) fn start(
     // `with_last_leader` may only raise the term (an inconsistent record), which the next
     // write persists; nothing else is queued yet.
     while election.poll_output().is_some() {}
+    let max_peers = cfg.max_peers;
     let mut node = Node {
         endpoint: endpoint.clone(),
         shared: shared.clone(),
@@ -273,15 +278,16 @@ pub(crate) fn start(
         start,
         election,
         persisted: record,
+        membership: Membership::new(me, max_peers),
         peers: HashMap::new(),
-        known: HashMap::new(),
+        replaced: Vec::new(),
         leader_tx,
         events,
         clocks,
         next_ping: 0,
     };
     for addr in known.into_iter().chain(node.cfg.bootstrap.clone()) {
-        node.learn(addr);
+        node.membership.learn(addr, Duration::ZERO);
     }
     // Accept loop: a separate task so a slow handshake never blocks the node task.
     tokio::spawn(accept_loop(endpoint.clone(), shared.clone()));
@@ -348,19 +354,11 @@ fn start_local_discovery(endpoint: &Endpoint, key: &SwarmKey, node_tx: mpsc::Sen
 struct PeerConn {
     conn: Connection,
     conn_id: u64,
-    dialer: bool,
     control: mpsc::Sender<ControlMsg>,
     /// The peer's clock offset, from the answers to our pings.
     clock: OffsetEstimator,
     /// The ping awaiting its answer: its id and when it was sent.
     ping: Option<(u64, Instant)>,
-}
-
-struct Known {
-    addr: EndpointAddr,
-    dialing: bool,
-    backoff: Duration,
-    next_attempt: Instant,
 }
 
 struct Node {
@@ -371,8 +369,12 @@ struct Node {
     election: Election<NodeBytes>,
     /// What was last handed to the replica to persist.
     persisted: ElectionRecord,
+    /// Who is known, connected, due for a dial (the decisions: see [`membership`]).
+    membership: Membership,
+    /// The connection kept to each peer (as `membership` decided), with its I/O handles.
     peers: HashMap<NodeBytes, PeerConn>,
-    known: HashMap<NodeBytes, Known>,
+    /// Connections replaced by a newer one, until `drive_membership` closes them.
+    replaced: Vec<PeerConn>,
     leader_tx: watch::Sender<LeaderState>,
     events: broadcast::Sender<Event>,
     clocks: Arc<Clocks>,
@@ -422,7 +424,10 @@ impl Node {
                     let now = self.now();
                     self.election.tick(now);
                 }
-                _ = reconnect.tick() => self.redial(),
+                _ = reconnect.tick() => {
+                    let now = self.now();
+                    self.membership.tick(now);
+                }
                 _ = anti_entropy.tick() => {
                     let _ = self.shared.replica_tx.try_send(Command::Tick);
                 }
@@ -433,6 +438,7 @@ impl Node {
                     }
                 }
             }
+            self.drive_membership();
             self.drive_election().await;
         }
     }
@@ -449,26 +455,28 @@ impl Node {
                 data,
                 keep,
             } => {
-                if let Some(code) = self.admit(&peer, dialer) {
-                    debug!(peer = %node_id_string(&peer), conn_id, dialer, %code, "connection not kept");
-                    let _ = keep.send(Some(code));
-                    return;
-                }
+                let replaced = match self.membership.up(peer, conn_id, dialer, now) {
+                    Admit::Refuse(code) => {
+                        debug!(peer = %node_id_string(&peer), conn_id, dialer, %code, "connection not kept");
+                        let _ = keep.send(Some(code));
+                        return;
+                    }
+                    Admit::Keep { replaced } => replaced,
+                };
                 debug!(peer = %node_id_string(&peer), conn_id, dialer, "connection kept");
-                let replaced = self.peers.insert(
+                // The replaced connection (if any) is closed by `drive_membership`, from the
+                // handle taken out here.
+                if let Some(old) = self.peers.insert(
                     peer,
                     PeerConn {
                         conn,
                         conn_id,
-                        dialer,
-                        control: control.clone(),
+                        control,
                         clock: OffsetEstimator::default(),
                         ping: None,
                     },
-                );
-                if let Some(old) = &replaced {
-                    old.conn
-                        .close(close::DUPLICATE, b"replaced by a newer connection");
+                ) {
+                    self.replaced.push(old);
                 }
                 // The replica must know the connection before the connection task forwards
                 // its first message (both go through the replica's FIFO queue), or that
@@ -483,10 +491,6 @@ impl Node {
                     })
                     .await;
                 let _ = keep.send(None);
-                if let Some(k) = self.known.get_mut(&peer) {
-                    k.backoff = BACKOFF_MIN;
-                }
-                let _ = control.try_send(self.peer_list());
                 self.ping(peer);
                 if replaced.is_none() {
                     self.election.peer_up(peer, now);
@@ -496,8 +500,9 @@ impl Node {
                 }
             }
             NodeEvent::Down { peer, conn_id } => {
-                debug!(peer = %node_id_string(&peer), conn_id, current = self.peers.get(&peer).is_some_and(|p| p.conn_id == conn_id), "connection down");
-                if self.peers.get(&peer).is_some_and(|p| p.conn_id == conn_id) {
+                let current = self.membership.down(peer, conn_id, now);
+                debug!(peer = %node_id_string(&peer), conn_id, current, "connection down");
+                if current {
                     self.peers.remove(&peer);
                     self.clocks.remove_peer(&peer);
                     let _ = self
@@ -509,35 +514,15 @@ impl Node {
                     let _ = self.events.send(Event::PeerDown {
                         peer: node_id_string(&peer),
                     });
-                    if let Some(k) = self.known.get_mut(&peer) {
-                        k.next_attempt = Instant::now() + BACKOFF_MIN;
-                    }
                 }
             }
             NodeEvent::Control { peer, conn_id, msg } => {
-                if self.peers.get(&peer).is_none_or(|p| p.conn_id != conn_id) {
+                if self.membership.link(&peer) != Some(conn_id) {
                     return;
                 }
                 match msg {
                     ControlMsg::Peers { me, known } => {
-                        if me.id.as_bytes() == &peer {
-                            if let Ok(bytes) = postcard::to_stdvec(&me) {
-                                let _ = self
-                                    .shared
-                                    .replica_tx
-                                    .try_send(Command::SavePeerAddr { peer, addr: bytes });
-                            }
-                            // Until now we could not tell our other peers about this one (we
-                            // did not know its address: it dialed us). Tell them, or two nodes
-                            // that joined through us at the same moment never meet.
-                            let addr = me.clone();
-                            if self.learn(me) {
-                                self.introduce(peer, addr);
-                            }
-                        }
-                        for a in known.into_iter().take(self.cfg.max_peers * 4) {
-                            self.learn(a);
-                        }
+                        self.membership.peers_received(peer, me, known, now);
                     }
                     ControlMsg::Election(m) => self.election.handle(peer, m, now),
                     ControlMsg::ClockPing { id, .. } => {
@@ -566,17 +551,9 @@ impl Node {
             NodeEvent::DialDone {
                 peer,
                 authenticated,
-            } => {
-                if let Some(k) = self.known.get_mut(&peer) {
-                    k.dialing = false;
-                    if !authenticated {
-                        k.next_attempt = Instant::now() + k.backoff;
-                        k.backoff = (k.backoff * 2).min(BACKOFF_MAX);
-                    }
-                }
-            }
+            } => self.membership.dial_done(peer, authenticated, now),
             NodeEvent::Discovered(addr) => {
-                self.learn(addr);
+                self.membership.learn(addr, now);
             }
             NodeEvent::Peers(reply) => {
                 let _ = reply.send(self.peer_infos());
@@ -600,131 +577,75 @@ impl Node {
         }
     }
 
-    /// Decides whether a new authenticated connection is kept: None to keep, or why not.
-    fn admit(&self, peer: &NodeBytes, dialer: bool) -> Option<VarInt> {
-        if peer == &self.shared.me {
-            return Some(close::PROTOCOL);
-        }
-        match self.peers.get(peer) {
-            None if self.peers.len() >= self.cfg.max_peers => Some(close::TOO_MANY_PEERS),
-            None => None,
-            // Both nodes dialed each other: both keep the connection dialed by the greater ID,
-            // so both sides pick the same one. A new connection dialed by the same side as
-            // the existing one replaces it (the old one is likely dead: a restart).
-            Some(existing) if existing.dialer == dialer => None,
-            Some(_) => {
-                let dialer_id = if dialer { &self.shared.me } else { peer };
-                let greater = std::cmp::max(&self.shared.me, peer);
-                if dialer_id == greater {
-                    None
-                } else {
-                    Some(close::DUPLICATE)
+    /// Carries out what the membership state machine asks for.
+    fn drive_membership(&mut self) {
+        while let Some(out) = self.membership.poll_output() {
+            match out {
+                membership::Output::Dial { peer, addr } => self.dial(peer, addr),
+                membership::Output::Close {
+                    peer,
+                    conn_id,
+                    code,
+                } => {
+                    // Taken out of `peers` when its replacement was inserted.
+                    if let Some(i) = self.replaced.iter().position(|p| p.conn_id == conn_id) {
+                        let old = self.replaced.swap_remove(i);
+                        debug!(peer = %node_id_string(&peer), conn_id, "connection replaced");
+                        old.conn.close(code, b"replaced by a newer connection");
+                    }
+                }
+                membership::Output::SendPeers { to, known } => {
+                    if let Some(p) = self.peers.get(&to) {
+                        let _ = p.control.try_send(ControlMsg::Peers {
+                            me: self.endpoint.addr(),
+                            known,
+                        });
+                    }
+                }
+                membership::Output::SaveAddr { peer, addr } => {
+                    if let Ok(bytes) = postcard::to_stdvec(&addr) {
+                        let _ = self
+                            .shared
+                            .replica_tx
+                            .try_send(Command::SavePeerAddr { peer, addr: bytes });
+                    }
                 }
             }
         }
     }
 
-    fn peer_list(&self) -> ControlMsg {
-        ControlMsg::Peers {
-            me: self.endpoint.addr(),
-            known: self
-                .peers
-                .keys()
-                .filter_map(|p| self.known.get(p).map(|k| k.addr.clone()))
-                .collect(),
-        }
-    }
-
-    /// Sends the address of `peer` to every other connected peer (peer exchange).
-    fn introduce(&self, peer: NodeBytes, addr: EndpointAddr) {
-        let msg = ControlMsg::Peers {
-            me: self.endpoint.addr(),
-            known: vec![addr],
-        };
-        for (id, p) in &self.peers {
-            if *id != peer {
-                let _ = p.control.try_send(msg.clone());
-            }
-        }
-    }
-
-    /// Adds or refreshes a peer to connect to. Returns whether the address is news (a new peer
-    /// or a changed address).
-    fn learn(&mut self, addr: EndpointAddr) -> bool {
-        let id = *addr.id.as_bytes();
-        if id == self.shared.me {
-            return false;
-        }
-        match self.known.get_mut(&id) {
-            Some(k) => {
-                if !addr.is_empty() && k.addr != addr {
-                    k.addr = addr;
-                    return true;
+    /// Dials `peer` in a task of its own; the outcome comes back as `NodeEvent::DialDone`
+    /// (and the connection, if it gets through the handshake, as `NodeEvent::Up`).
+    fn dial(&self, peer: NodeBytes, addr: EndpointAddr) {
+        let (endpoint, shared) = (self.endpoint.clone(), self.shared.clone());
+        tokio::spawn(async move {
+            let authenticated = match tokio::time::timeout(
+                DIAL_TIMEOUT,
+                endpoint.connect(addr, wire::ALPN),
+            )
+            .await
+            {
+                Ok(Ok(conn)) => match conn::run(shared.clone(), conn, true).await {
+                    conn::Outcome::Authenticated => true,
+                    conn::Outcome::Failed(why) => {
+                        warn!(peer = %node_id_string(&peer), "peer refused: {why}");
+                        false
+                    }
+                },
+                Ok(Err(e)) => {
+                    debug!(peer = %node_id_string(&peer), "dial failed: {e}");
+                    false
                 }
-                false
-            }
-            None => {
-                self.known.insert(
-                    id,
-                    Known {
-                        addr,
-                        dialing: false,
-                        backoff: BACKOFF_MIN,
-                        next_attempt: Instant::now(),
-                    },
-                );
-                true
-            }
-        }
-    }
-
-    /// Dials known peers that are not connected and are due.
-    fn redial(&mut self) {
-        let now = Instant::now();
-        let mut budget = self.cfg.max_peers.saturating_sub(self.peers.len());
-        for (id, k) in self.known.iter_mut() {
-            if budget == 0 {
-                break;
-            }
-            if self.peers.contains_key(id) || k.dialing || k.next_attempt > now {
-                continue;
-            }
-            budget -= 1;
-            k.dialing = true;
-            k.next_attempt = now + k.backoff;
-            let (endpoint, shared, addr, peer) = (
-                self.endpoint.clone(),
-                self.shared.clone(),
-                k.addr.clone(),
-                *id,
-            );
-            tokio::spawn(async move {
-                let authenticated =
-                    match tokio::time::timeout(DIAL_TIMEOUT, endpoint.connect(addr, wire::ALPN))
-                        .await
-                    {
-                        Ok(Ok(conn)) => match conn::run(shared.clone(), conn, true).await {
-                            conn::Outcome::Authenticated => true,
-                            conn::Outcome::Failed(why) => {
-                                warn!(peer = %node_id_string(&peer), "peer refused: {why}");
-                                false
-                            }
-                        },
-                        Ok(Err(e)) => {
-                            debug!(peer = %node_id_string(&peer), "dial failed: {e}");
-                            false
-                        }
-                        Err(_) => false,
-                    };
-                let _ = shared
-                    .node_tx
-                    .send(NodeEvent::DialDone {
-                        peer,
-                        authenticated,
-                    })
-                    .await;
-            });
-        }
+                Err(_) => false,
+            };
+            let _ = shared
+                .node_tx
+                .send(NodeEvent::DialDone {
+                    peer,
+                    authenticated,
+                })
+                .await;
+        });
     }
 
     /// Persists the election's current record (highest term, last reported leader) unless
@@ -798,15 +719,9 @@ impl Node {
     }
 
     fn peer_infos(&self) -> Vec<PeerInfo> {
-        let mut ids: Vec<NodeBytes> = self
-            .known
-            .keys()
-            .chain(self.peers.keys())
-            .copied()
-            .collect();
-        ids.sort();
-        ids.dedup();
-        ids.into_iter()
+        self.membership
+            .all_peers()
+            .into_iter()
             .map(|id| match self.peers.get(&id) {
                 Some(p) => {
                     let paths = p.conn.paths();
@@ -840,6 +755,7 @@ impl Node {
             p.conn.close(close::NORMAL, b"shutdown");
         }
         self.peers.clear();
+        self.membership.clear_links();
         let _ = self.leader_tx.send(LeaderState::default());
         self.endpoint.close().await;
     }
