@@ -22,7 +22,7 @@ use std::{
     time::{Duration, SystemTime, UNIX_EPOCH},
 };
 
-use crate::{doc::NodeBytes, error::Error};
+use crate::{error::Error, ids::NodeBytes};
 
 /// Default of [`SwarmBuilder::max_clock_offset`](crate::SwarmBuilder::max_clock_offset).
 pub const DEFAULT_MAX_CLOCK_OFFSET: Duration = Duration::from_secs(60);

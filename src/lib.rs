@@ -34,9 +34,13 @@ pub mod election;
 mod error;
 mod events;
 pub mod ffi;
+/// Entry points for the fuzz targets (`fuzz/`) and their unit tests; not part of the library
+/// (cargo-fuzz builds with `--cfg fuzzing`).
+#[cfg(any(test, fuzzing))]
 #[doc(hidden)]
 pub mod fuzzing;
 pub mod history;
+pub(crate) mod ids;
 pub(crate) mod net;
 pub(crate) mod replica;
 pub(crate) mod store;

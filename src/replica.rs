@@ -2101,10 +2101,7 @@ fn clone_err(e: &Error) -> Error {
     e.clone()
 }
 
-/// A node ID in iroh's text form (lowercase hex of the public key).
-pub(crate) fn node_id_string(id: &NodeBytes) -> String {
-    data_encoding::HEXLOWER.encode(id)
-}
+pub(crate) use crate::ids::node_id_string;
 
 /// Test hook: holds a node's next whole-document load at a gate, so that a test can act while
 /// it is in progress.

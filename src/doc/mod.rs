@@ -43,7 +43,7 @@ use automerge::{
     ActorId, AutoCommit, Change, ChangeHash, ObjId, ObjType, ReadDoc, ScalarValue, Value, ROOT,
 };
 
-use crate::history::EpochId;
+use crate::ids::EpochId;
 
 /// How many maps the keys are spread over (see the module docs). Part of the storage and wire
 /// format: changing it changes every document.
@@ -67,19 +67,7 @@ fn bucket_name(i: usize) -> String {
     format!("{i:03x}")
 }
 
-/// The content address of a value: the first 16 bytes of its BLAKE3 hash.
-pub(crate) type ValueHash = [u8; 16];
-
-/// A node's 32-byte ID (its iroh endpoint public key).
-pub(crate) type NodeBytes = [u8; 32];
-
-/// Hashes a value.
-pub(crate) fn value_hash(value: &[u8]) -> ValueHash {
-    let full = blake3::hash(value);
-    let mut h = [0u8; 16];
-    h.copy_from_slice(&full.as_bytes()[..16]);
-    h
-}
+pub(crate) use crate::ids::{value_hash, NodeBytes, ValueHash};
 
 /// The node that created an actor, if the actor was made by Murmur.
 pub(crate) fn actor_origin(actor: &ActorId) -> Option<NodeBytes> {
@@ -314,7 +302,9 @@ impl KvDoc {
         change.actor_id() == self.doc.get_actor()
     }
 
-    /// Commits the open transaction; returns the change it made, if any.
+    /// Commits the open transaction; returns the change it made, if any. (Tests and fuzz
+    /// targets; the replica uses [`KvDoc::commit_pending`].)
+    #[cfg(any(test, fuzzing))]
     pub fn commit(&mut self) -> Option<Change> {
         self.commit_pending()?;
         self.doc.get_last_local_change()
@@ -346,7 +336,8 @@ impl KvDoc {
             .max_by_key(|e| e.rank())
     }
 
-    /// Every live key and its entry, in key order.
+    /// Every live key and its entry, in key order. (Tests and fuzz targets.)
+    #[cfg(any(test, fuzzing))]
     pub fn entries(&self) -> Vec<(String, Entry)> {
         let mut all = self.all_entries();
         all.retain(|(_, e)| !e.is_tombstone());

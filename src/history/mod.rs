@@ -50,52 +50,12 @@
 use std::collections::{BTreeMap, VecDeque};
 use std::time::Duration;
 
-use serde::{Deserialize, Serialize};
-
 use crate::doc::{hlc::Hlc, Entry, NodeBytes};
 
 #[cfg(test)]
 mod sim_tests;
 
-/// The name of an epoch: greater epochs replace smaller ones.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize)]
-pub struct EpochId {
-    /// Term of the leader that cut it (compared first: the fencing token).
-    pub term: u64,
-    /// How many epochs came before it in its line.
-    pub n: u64,
-    /// The leader that cut it (breaks ties between leaders that claimed the same term).
-    pub leader: NodeBytes,
-}
-
-impl EpochId {
-    /// The epoch every store starts in (its document has no genesis).
-    pub const ZERO: EpochId = EpochId {
-        term: 0,
-        n: 0,
-        leader: [0; 32],
-    };
-
-    /// The epoch a leader with `term` cuts after this one.
-    pub fn next(&self, term: u64, leader: NodeBytes) -> EpochId {
-        EpochId {
-            term: term.max(self.term),
-            n: self.n.saturating_add(1),
-            leader,
-        }
-    }
-
-    /// The automerge actor of this epoch's genesis change: the same on every replica, so a
-    /// genesis built twice from the same entries is the same change.
-    pub fn genesis_actor(&self) -> Vec<u8> {
-        let mut h = blake3::Hasher::new();
-        h.update(b"murmur genesis v1");
-        h.update(&self.term.to_be_bytes());
-        h.update(&self.n.to_be_bytes());
-        h.update(&self.leader);
-        h.finalize().as_bytes()[..16].to_vec()
-    }
-}
+pub use crate::ids::EpochId;
 
 /// When the leader starts a new epoch. Set with
 /// [`SwarmBuilder::compaction`](crate::SwarmBuilder::compaction).

@@ -49,7 +49,8 @@ use crate::{
     election::{self, Election, Output},
     error::{Error, Result},
     events::Event,
-    replica::{node_id_string, Command},
+    ids::node_id_string,
+    replica::Command,
     RelayMode,
 };
 

@@ -406,7 +406,9 @@ pub(crate) struct StoredDoc {
 }
 
 impl Store {
-    /// Opens (creating if needed) the store in `dir`, taking an exclusive lock on it.
+    /// Opens (creating if needed) the store in `dir`, taking an exclusive lock on it. (Tests and
+    /// fuzz targets; the replica opens it with [`Store::open_and`].)
+    #[cfg(any(test, fuzzing))]
     pub fn open(dir: &Path, durability: Durability) -> Result<Store> {
         let (store, ()) = Self::open_and(dir, durability, |_| Ok(()))?;
         Ok(store)
