@@ -248,6 +248,8 @@ pub struct Election<I> {
     /// can overtake its `Leader` message, and without this the overtaken
     /// announcement would look stale and force a needless term bump.
     term_source: Option<I>,
+    /// See [`Election::with_startup_grace`].
+    startup_grace: Duration,
 }
 
 impl<I: Ord + Clone + std::fmt::Debug> Election<I> {
@@ -272,6 +274,7 @@ impl<I: Ord + Clone + std::fmt::Debug> Election<I> {
             outputs: VecDeque::new(),
             last_announced: None,
             term_source: None,
+            startup_grace: Duration::ZERO,
         }
     }
 
@@ -289,6 +292,19 @@ impl<I: Ord + Clone + std::fmt::Debug> Election<I> {
         self.observe_term(term, None);
         self.leader_term = term;
         self.last_announced = Some((leader, term));
+        self
+    }
+
+    /// Keeps a node that has no connected peer from claiming leadership before
+    /// `until` (time since start), while it is still starting up. The driver
+    /// sets it when the node knows other members it has not reached yet (a
+    /// restart): reaching them can take longer than `leader_timeout` (a dial
+    /// that waits for a slow or busy peer), and a node that claimed alone in
+    /// the meantime would make the real leader claim a new term when they
+    /// meet. A node that reaches a peer, or is still alone at `until`, goes on
+    /// as without it. Call it right after [`Election::new`].
+    pub fn with_startup_grace(mut self, until: Duration) -> Self {
+        self.startup_grace = until;
         self
     }
 
@@ -362,6 +378,17 @@ impl<I: Ord + Clone + std::fmt::Debug> Election<I> {
     /// calling it early is harmless.
     pub fn tick(&mut self, now: Duration) {
         match self.role {
+            Role::Idle { deadline } if now >= deadline && now < self.startup_grace => {
+                if self.peers.is_empty() {
+                    // Still reaching the members it knows: wait for them, not longer
+                    // than the grace.
+                    self.role = Role::Idle {
+                        deadline: self.startup_grace,
+                    };
+                } else {
+                    self.start_election(now);
+                }
+            }
             Role::Idle { deadline } | Role::AwaitingCoordinator { deadline } => {
                 if now >= deadline {
                     // Nobody announced themselves in time: bully our way up.

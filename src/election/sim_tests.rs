@@ -1206,3 +1206,47 @@ fn restored_last_leader_rules() {
     e.tick(LT);
     assert_eq!(e.leader_term(), 8);
 }
+
+/// A node that restarts knowing members it has not reached yet (the driver gives it a startup
+/// grace) does not claim leadership alone after one `leader_timeout`: it waits for a peer until
+/// the grace ends. One that reaches its old leader in that time follows it at the same term;
+/// one that is still alone at the end of the grace leads itself; and one that has a peer when
+/// its timeout fires elects as usual.
+#[test]
+fn a_restarted_node_waits_out_its_startup_grace_before_claiming_alone() {
+    let grace = LT * 6;
+    // Reaches its old leader (3, term 7) late, but within the grace: follows it, no new term.
+    let mut e = Election::new(1u32, 7, cfg(), Duration::ZERO)
+        .with_last_leader(3, 7)
+        .with_startup_grace(grace);
+    e.tick(LT);
+    assert_eq!(
+        e.leader(),
+        None,
+        "no claim at the first timeout while alone"
+    );
+    assert_eq!(e.next_deadline(), Some(grace));
+    e.peer_up(3, LT * 3);
+    e.handle(3, Message::Leader { term: 7 }, LT * 3);
+    assert_eq!(e.leader(), Some(&3));
+    assert_eq!(e.leader_term(), 7);
+    assert_eq!(e.term(), 7, "no term was claimed");
+    // Still alone when the grace ends: leads itself.
+    let mut e = Election::new(1u32, 7, cfg(), Duration::ZERO)
+        .with_last_leader(3, 7)
+        .with_startup_grace(grace);
+    e.tick(LT);
+    assert_eq!(e.leader(), None);
+    e.tick(grace);
+    assert_eq!(e.leader(), Some(&1));
+    assert_eq!(e.leader_term(), 8);
+    // A peer (lower, silent) already connected when the timeout fires: elects as usual.
+    let mut e = Election::new(5u32, 7, cfg(), Duration::ZERO).with_startup_grace(grace);
+    e.peer_up(2, ms(1));
+    e.tick(LT);
+    assert_eq!(e.leader(), Some(&5));
+    // Without a grace, a lone node claims at its first timeout, as before.
+    let mut e = Election::new(1u32, 7, cfg(), Duration::ZERO).with_last_leader(3, 7);
+    e.tick(LT);
+    assert_eq!(e.leader(), Some(&1));
+}

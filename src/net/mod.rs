@@ -268,6 +268,11 @@ pub(crate) fn start(
     if let Some((leader, term)) = record.leader {
         election = election.with_last_leader(leader, term);
     }
+    // A node that knows other members (a restart, or bootstrap peers) gives its first dials the
+    // time they may take before it would lead alone (see `Election::with_startup_grace`).
+    if !known.is_empty() || !cfg.bootstrap.is_empty() {
+        election = election.with_startup_grace(DIAL_TIMEOUT);
+    }
     // `with_last_leader` may only raise the term (an inconsistent record), which the next
     // write persists; nothing else is queued yet.
     while election.poll_output().is_some() {}
