@@ -1861,11 +1861,21 @@ fn main() -> Result<()> {
         let trials: usize = args[i + 3].parse()?;
         return rt.block_on(w8_child(n, keys, trials));
     }
-    let sz = if args.iter().any(|a| a == "--quick") {
+    let mut sz = if args.iter().any(|a| a == "--quick") {
         QUICK
     } else {
         FULL
     };
+    // More W7 failovers than the default 3, to see rare slow ones: `--w7-trials 30`.
+    if let Some(n) = args
+        .iter()
+        .position(|a| a == "--w7-trials")
+        .and_then(|i| args.get(i + 1))
+    {
+        sz.w7_trials = n
+            .parse()
+            .map_err(|_| anyhow::anyhow!("--w7-trials takes a number, not {n:?}"))?;
+    }
     let only: Option<Vec<String>> = args
         .iter()
         .position(|a| a == "--only")

@@ -15,16 +15,24 @@
 //! # Ok(()) }
 //! ```
 //!
-//! ## Layers (DESIGN.md §1)
-//! - [`swarm`]: the public API; owns the layers below.
-//! - `replica`: the writer thread: group commit, read view, events, drives sync.
-//! - `store`: SQLite schema and transactions.
+//! ## Layout
+//! One line per module, from the public API down (DESIGN.md §1). The `sans-IO` ones are
+//! state machines: no I/O, no clock, no randomness of their own; the layer above feeds them
+//! events with the time and carries out what they return.
+//! - [`swarm`]: the public API (`Swarm`, `SwarmBuilder`); owns the layers below.
+//! - `replica`: the writer thread: group commit, read view, events; drives `sync` and
+//!   `history`, touches `store`.
+//! - `store`: SQLite schema and transactions (snapshot + change rows, values, peer state).
 //! - `doc`: the automerge document as a map of keys to value hashes and clock stamps.
-//! - `sync`: sans-IO per-peer replication (push + automerge sync).
+//! - `sync`: sans-IO per-peer replication (push, automerge sync, whole-document joins).
 //! - [`history`]: sans-IO epochs that bound stored history (compaction across the swarm).
-//! - `election`: sans-IO Bully election with terms.
-//! - `net`: iroh endpoint, handshake, framing, peer table, election driver.
+//! - [`election`]: sans-IO Bully election with terms.
+//! - `net`: iroh endpoint, handshake, framing; `net::membership` (sans-IO: which
+//!   connections to keep, whom to dial, peer exchange); the driver of both state machines.
+//! - `clock`: the wall clock and the measured clocks of peers (the skew bound).
+//! - `ids`: the shared vocabulary (node IDs, value hashes, epoch names): a leaf.
 //! - [`ffi`]: the C ABI and the uniffi objects, on one library-owned runtime.
+//! - `events`, `error`: what the public API reports.
 
 #![warn(missing_docs)]
 
