@@ -1,6 +1,7 @@
 #!/usr/bin/env bash
 # Runs every test of the project: formatting, lints, the Rust unit and integration tests, and
-# the examples. It installs what it needs on a fresh machine. Usage: ./scripts/test-all.sh
+# the examples; with MURMUR_TEST_MUSL=1 also the static musl build. It installs what it needs on
+# a fresh machine. Usage: ./scripts/test-all.sh
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
@@ -36,4 +37,12 @@ python3 tests/netns/suite.py
 step "fuzz targets, a short bounded run each (longer by hand: see fuzz/run.sh)"
 bash fuzz/run.sh 5
 
-step "all passed"
+# The static musl build adds a release build from scratch (see README, "A static binary"):
+# too long for every run within the CI budget, so it runs only when asked for.
+if [ "${MURMUR_TEST_MUSL:-0}" = 1 ]; then
+    step "static musl build: CLI and demo in release, demo and two-node CLI smoke test"
+    bash scripts/test-musl.sh
+    step "all passed, the static musl build included"
+else
+    step "all passed; NOT RUN: the static musl build (MURMUR_TEST_MUSL=1 ./scripts/test-all.sh, or bash scripts/test-musl.sh)"
+fi

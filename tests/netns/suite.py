@@ -3,11 +3,16 @@
 
 Creates its own namespaces (prefix `mmt-`): a switch namespace with bridges, five node hosts on
 one bridge (10.213.0.1-5), a relay host (a local iroh relay on 10.213.0.100) and a sixth host
-that can reach only the relay. No traffic leaves these namespaces. Every check waits on a
-condition with a deadline. Namespaces and processes are removed at the end, also on failure.
+that can reach only the relay. The zero-configuration scenario adds two multicast-capable links
+(10.213.3.0/24 and 10.213.4.0/24) joined by a router that forwards unicast but not multicast.
+No traffic leaves these namespaces. Every check waits on a condition with a deadline.
+Namespaces and processes are removed at the end, also on failure.
 
-Usage (root): python3 tests/netns/suite.py [--bin target/debug/murmur]
+Usage (root): python3 tests/netns/suite.py [--bin target/debug/murmur] [--only zero-config]
+              [--mdns-off]
 Prints one line per check and `N passed, M failed` at the end; exit code 1 if any failed.
+`--mdns-off` tests the test: it starts the zero-configuration nodes with `--no-mdns`, and the
+zero-configuration checks must then FAIL (discovery is what they test).
 """
 
 import argparse
@@ -25,6 +30,7 @@ import time
 NS = "mmt"
 NET = "10.213.0"
 RNET = "10.213.1"
+ZNET, WNET = "10.213.3", "10.213.4"  # the zero-configuration scenario's two links
 RELAY_IP = f"{NET}.100"
 RELAY_PORT = 3340
 PORT = 7000
@@ -73,7 +79,7 @@ class Topology:
         self.namespaces = []
         self.cleanup_stale()
         self.add_ns("sw")
-        for br in ("bra", "brb", "brr"):
+        for br in ("bra", "brb", "brr", "brz", "brw"):
             run("ip", "-n", ns("sw"), "link", "add", br, "type", "bridge")
             run("ip", "-n", ns("sw"), "link", "set", br, "up")
         self.hosts = {}
@@ -94,7 +100,11 @@ class Topology:
         run("ip", "netns", "exec", ns(name), "sh", "-c",
             "echo 0 > /proc/sys/net/ipv4/ip_forward")
 
-    def add_host(self, name, addr, bridge, extra_routes=()):
+    def add_host(self, name, addr, bridge, extra_routes=(), via=(), multicast=False):
+        """A host on `bridge`. `extra_routes` go out of its interface, `via` is (net, gateway)
+        pairs; `multicast` sets the link's multicast flag and routes 224.0.0.0/4 on it, as a
+        LAN's default route would (a namespace has no default route, so without it every
+        multicast send fails)."""
         self.add_ns(name)
         host_if, sw_if = f"v-{name}", f"s-{name}"
         run("ip", "link", "add", host_if, "netns", ns(name), "type", "veth",
@@ -105,7 +115,29 @@ class Topology:
         run("ip", "-n", ns("sw"), "link", "set", sw_if, "up")
         for r in extra_routes:
             run("ip", "-n", ns(name), "route", "add", r, "dev", host_if)
+        for net, gw in via:
+            run("ip", "-n", ns(name), "route", "add", net, "via", gw)
+        if multicast:
+            run("ip", "-n", ns(name), "link", "set", host_if, "multicast", "on")
+            run("ip", "-n", ns("sw"), "link", "set", sw_if, "multicast", "on")
+            run("ip", "-n", ns(name), "route", "add", "224.0.0.0/4", "dev", host_if)
         self.hosts[name] = addr
+
+    def add_router(self, name, legs):
+        """A router between bridges: `legs` is (bridge, address) pairs. It forwards unicast
+        between them; it does not forward multicast (no multicast routing daemon, as on most
+        routers between two LANs), so mDNS stays on each link."""
+        self.add_ns(name)
+        for i, (bridge, addr) in enumerate(legs):
+            host_if, sw_if = f"v-{name}{i}", f"s-{name}{i}"
+            run("ip", "link", "add", host_if, "netns", ns(name), "type", "veth",
+                "peer", "name", sw_if, "netns", ns("sw"))
+            run("ip", "-n", ns(name), "addr", "add", f"{addr}/24", "dev", host_if)
+            run("ip", "-n", ns(name), "link", "set", host_if, "up")
+            run("ip", "-n", ns("sw"), "link", "set", sw_if, "master", bridge)
+            run("ip", "-n", ns("sw"), "link", "set", sw_if, "up")
+        run("ip", "netns", "exec", ns(name), "sh", "-c",
+            "echo 1 > /proc/sys/net/ipv4/ip_forward")
 
     def add_relay_host(self):
         """The relay host: on the main bridge as RELAY_IP, and on the relay-only bridge, where it
@@ -129,19 +161,23 @@ class Topology:
 
 
 class Node:
-    def __init__(self, bin_path, name, addr, datadir, logdir, bootstrap=None, relay=True):
+    def __init__(self, bin_path, name, addr, datadir, logdir, bootstrap=None, relay=True,
+                 opts=None):
+        """`opts` replaces the suite's usual options (swarm name, fixed address, relay, no
+        mDNS, fast election, eager compaction) by exactly these, after `--data`."""
         self.name, self.addr, self.datadir = name, addr, datadir
         self.bin, self.logdir, self.bootstrap = bin_path, logdir, bootstrap
         self.relay = f"http://{RELAY_IP}:{RELAY_PORT}" if relay else "disabled"
+        self.opts = opts if opts is not None else [
+            "--swarm-name", "netns-suite", "--bind", f"{self.addr}:{PORT}",
+            "--relay", self.relay, "--no-mdns",
+            "--heartbeat-ms", str(HB_MS), "--leader-timeout-ms", str(LT_MS),
+            *COMPACTION_ARGS]
         self.start()
 
     def start(self):
         args = ["ip", "netns", "exec", ns(self.name), self.bin,
-                "--data", self.datadir, "--swarm-name", "netns-suite",
-                "--bind", f"{self.addr}:{PORT}",
-                "--relay", self.relay, "--no-mdns",
-                "--heartbeat-ms", str(HB_MS), "--leader-timeout-ms", str(LT_MS),
-                *COMPACTION_ARGS, "run"]
+                "--data", self.datadir, *self.opts, "run"]
         if self.bootstrap:
             args += ["--bootstrap", self.bootstrap]
         self.log = open(os.path.join(self.logdir, f"{self.name}.log"), "a")
@@ -243,9 +279,24 @@ def disk_bytes(datadir):
                if f.startswith("murmur.sqlite3"))
 
 
+def never(desc, fn, window):
+    """Polls fn for `window` seconds; fails at once if it ever returns something truthy (an
+    absence can only be observed over a time; callers size the window from a positive control
+    that shows the same mechanism working meanwhile)."""
+    end = time.time() + window
+    while time.time() < end:
+        got = fn()
+        if got:
+            raise CheckFailed(f"{desc}: {got!r}")
+        time.sleep(0.25)
+
+
 class Suite:
-    def __init__(self, bin_path, relay_bin):
+    def __init__(self, bin_path, relay_bin, only=None, mdns_off=False):
         self.bin, self.relay_bin = bin_path, relay_bin
+        self.only, self.mdns_off = only, mdns_off
+        self.finished = False
+        self.zc_found = None  # seconds the first zero-configuration pair took to connect
         self.passed, self.failed = 0, 0
         self.tmp = tempfile.mkdtemp(prefix="murmur-netns-")
         self.topo = None
@@ -290,6 +341,27 @@ class Suite:
 
     def five(self):
         return [self.nodes[f"n{i}"] for i in range(1, 6)]
+
+    def start_zc(self, name, opts, bootstrap=None):
+        """A zero-configuration node: only a data directory, relays disabled (this machine has
+        no internet) and `opts`; default swarm, any address, mDNS on (unless --mdns-off)."""
+        d = os.path.join(self.tmp, name)
+        os.makedirs(d, exist_ok=True)
+        opts = ["--relay", "disabled", *(["--no-mdns"] if self.mdns_off else []), *opts]
+        node = Node(self.bin, name, self.topo.hosts[name], d, self.tmp, bootstrap, opts=opts)
+        self.nodes[name] = node
+        return node
+
+    def connected_direct(self, a, b):
+        """True once a lists b as connected over a direct path."""
+        return any(l.split()[:3] == [b.id, "connected", "direct"] for l in self.peers(a))
+
+    def strangers_seen(self, nodes, strangers):
+        """The (node, stranger) pairs in which a node lists a stranger among its peers at all
+        (connected, or known and disconnected)."""
+        ids = {s.id: s.name for s in strangers}
+        return [(n.name, ids[l.split()[0]]) for n in nodes for l in self.peers(n)
+                if l.split()[0] in ids]
 
     # --- scenarios -------------------------------------------------------------------------
 
@@ -567,6 +639,95 @@ class Suite:
         return (f"leader agreed {took_leader:.1f}s after start, maps equal {took_sync:.1f}s "
                 f"after the last write, failover {took_failover:.1f}s (100 ms latency, 5% loss)")
 
+    # --- zero configuration: mDNS on a link, no bootstrap ----------------------------------
+
+    def setup_zero_config(self):
+        """Link Z (brz) and link W (brw), each with multicast, joined by a router `zr` that
+        forwards unicast only. z1, z2 (default swarm) and z3, z4 (another key) on Z; z5, z6
+        (default swarm) on W."""
+        t = self.topo
+        t.add_router("zr", [("brz", f"{ZNET}.254"), ("brw", f"{WNET}.254")])
+        for i in range(1, 5):
+            t.add_host(f"z{i}", f"{ZNET}.{i}", "brz", via=[(f"{WNET}.0/24", f"{ZNET}.254")],
+                       multicast=True)
+        for i in (5, 6):
+            t.add_host(f"z{i}", f"{WNET}.{i}", "brw", via=[(f"{ZNET}.0/24", f"{WNET}.254")],
+                       multicast=True)
+
+    def zc_window(self):
+        # How long an absence is watched: twice what discovery took where it works, at least 5 s.
+        return max(5.0, 2 * (self.zc_found or DEADLINE / 2))
+
+    def zero_config_one_link(self):
+        """Two CLI nodes with no swarm name, no address, no bootstrap, relays disabled and mDNS
+        on (the default) on one link: they find each other, connect directly and replicate."""
+        z1 = self.start_zc("z1", [])
+        z2 = self.start_zc("z2", [])
+        _, took = wait_for("z1 and z2 to find each other on the link and connect directly",
+                           lambda: self.connected_direct(z1, z2) and self.connected_direct(z2, z1))
+        self.zc_found = took
+        if z1.ask("put zc-hello from-z1") != "ok":
+            raise CheckFailed("z1 refused a put")
+        wait_for("z2 to read z1's put", lambda: z2.ask("get zc-hello") == "from-z1")
+        if z2.ask("put zc-reply from-z2") != "ok":
+            raise CheckFailed("z2 refused a put")
+        wait_for("z1 to read z2's put", lambda: z1.ask("get zc-reply") == "from-z2")
+        return f"connected {took:.1f}s after start, a put on each read on the other"
+
+    def zero_config_other_key(self):
+        """Two nodes with another swarm key on the same link find each other (so mDNS works for
+        them there) but neither connects to the default-swarm pair, and no data crosses."""
+        key = os.urandom(32).hex()
+        z3 = self.start_zc("z3", ["--swarm-key", key])
+        z4 = self.start_zc("z4", ["--swarm-key", key])
+        wait_for("z3 and z4 (another key) to find each other on the same link",
+                 lambda: self.connected_direct(z3, z4) and self.connected_direct(z4, z3))
+        if z3.ask("put other-secret s3") != "ok":
+            raise CheckFailed("z3 refused a put")
+        wait_for("z4 to read z3's put", lambda: z4.ask("get other-secret") == "s3")
+        ours, theirs = [self.nodes["z1"], self.nodes["z2"]], [z3, z4]
+        window = self.zc_window()
+        never("a node lists a peer of the other swarm", lambda: (
+            self.strangers_seen(ours, theirs) + self.strangers_seen(theirs, ours)), window)
+        for n in ours:
+            if n.ask("get other-secret") != "(none)":
+                raise CheckFailed(f"{n.name} holds the other swarm's key")
+        for n in theirs:
+            if n.ask("get zc-hello") != "(none)" or n.ask("count") != "1":
+                raise CheckFailed(f"{n.name} holds data of the default swarm")
+        return f"z3/z4 found each other, not z1/z2, over {window:.1f}s; no data crossed"
+
+    def zero_config_two_links(self):
+        """z5, z6 (default swarm) on link W find each other by mDNS but not z1, z2 on link Z: the
+        router between the links forwards unicast only. With z1's ticket, z5 joins all."""
+        z5 = self.start_zc("z5", [])
+        z6 = self.start_zc("z6", [])
+        wait_for("z5 and z6 to find each other on link W",
+                 lambda: self.connected_direct(z5, z6) and self.connected_direct(z6, z5))
+        z = [self.nodes["z1"], self.nodes["z2"]]
+        window = self.zc_window()
+        never("a node finds one on the other link without a ticket", lambda: (
+            self.strangers_seen(z, [z5, z6]) + self.strangers_seen([z5, z6], z)), window)
+        if z5.ask("get zc-hello") != "(none)":
+            raise CheckFailed("z5 holds z1's put without having met it")
+        # With a ticket (a restart with -b): unicast crosses the router.
+        z5.quit()
+        z5.bootstrap = z[0].ask("ticket")
+        z5.start()
+        wait_for("z5 to connect to z1 through the router",
+                 lambda: self.connected_direct(z5, z[0]))
+        wait_for("z6 to read z1's put", lambda: z6.ask("get zc-hello") == "from-z1")
+        if z5.ask("put zc-from-w from-z5") != "ok":
+            raise CheckFailed("z5 refused a put")
+        wait_for("z2 to read z5's put", lambda: z[1].ask("get zc-from-w") == "from-z5")
+        return f"not found across links over {window:.1f}s; joined and replicated with a ticket"
+
+    def stop_zero_config(self):
+        for i in range(1, 7):
+            n = self.nodes.pop(f"z{i}", None)
+            if n:
+                n.quit()
+
     def peers(self, node):
         while not node.q.empty():
             node.q.get_nowait()
@@ -582,6 +743,16 @@ class Suite:
     def run(self):
         try:
             self.setup()
+            self.setup_zero_config()
+            self.check("zero configuration: 2 nodes on one link find each other (mDNS) and "
+                       "replicate", self.zero_config_one_link)
+            self.check("zero configuration: another swarm key on the same link is not "
+                       "connected and learns nothing", self.zero_config_other_key)
+            self.check("zero configuration: no discovery across links without shared "
+                       "multicast; a ticket joins them", self.zero_config_two_links)
+            self.stop_zero_config()
+            if self.only == "zero-config":
+                return self.finish()
             self.check("startup: 5 nodes elect the greatest ID", self.startup)
             self.check("partition 2|3, writes on both sides, heal", self.partition_and_heal)
             self.check("kill -9 of the leader, restart, rejoin", self.kill_leader)
@@ -594,6 +765,12 @@ class Suite:
                        self.impaired_network)
         finally:
             self.teardown()
+        return self.finish()
+
+    def finish(self):
+        if self.finished:
+            return self.failed == 0
+        self.finished = True
         print(f"{self.passed} passed, {self.failed} failed")
         return self.failed == 0
 
@@ -615,11 +792,16 @@ def main():
     ap = argparse.ArgumentParser()
     ap.add_argument("--bin", default=os.path.join(root, "target/debug/murmur"))
     ap.add_argument("--relay-bin", default=os.path.join(root, "target/debug/examples/local_relay"))
+    ap.add_argument("--only", choices=["zero-config"],
+                    help="run only the zero-configuration scenario")
+    ap.add_argument("--mdns-off", action="store_true",
+                    help="start the zero-configuration nodes with --no-mdns: a check of the "
+                         "suite itself, its zero-configuration checks must then fail")
     a = ap.parse_args()
     if os.geteuid() != 0:
         print("the netns suite needs root (it creates network namespaces)")
         return 1
-    suite = Suite(os.path.abspath(a.bin), os.path.abspath(a.relay_bin))
+    suite = Suite(os.path.abspath(a.bin), os.path.abspath(a.relay_bin), a.only, a.mdns_off)
 
     def on_signal(sig, _frame):
         suite.teardown()
