@@ -100,6 +100,15 @@ class Topology:
         run("ip", "netns", "exec", ns(name), "sh", "-c",
             "echo 0 > /proc/sys/net/ipv4/ip_forward")
 
+    def plug(self, name, host_if, sw_if, addr, bridge):
+        """A veth pair from namespace `name` (`host_if`, with `addr`/24) to `bridge` (`sw_if`)."""
+        run("ip", "link", "add", host_if, "netns", ns(name), "type", "veth",
+            "peer", "name", sw_if, "netns", ns("sw"))
+        run("ip", "-n", ns(name), "addr", "add", f"{addr}/24", "dev", host_if)
+        run("ip", "-n", ns(name), "link", "set", host_if, "up")
+        run("ip", "-n", ns("sw"), "link", "set", sw_if, "master", bridge)
+        run("ip", "-n", ns("sw"), "link", "set", sw_if, "up")
+
     def add_host(self, name, addr, bridge, extra_routes=(), via=(), multicast=False):
         """A host on `bridge`. `extra_routes` go out of its interface, `via` is (net, gateway)
         pairs; `multicast` sets the link's multicast flag and routes 224.0.0.0/4 on it, as a
@@ -107,12 +116,7 @@ class Topology:
         multicast send fails)."""
         self.add_ns(name)
         host_if, sw_if = f"v-{name}", f"s-{name}"
-        run("ip", "link", "add", host_if, "netns", ns(name), "type", "veth",
-            "peer", "name", sw_if, "netns", ns("sw"))
-        run("ip", "-n", ns(name), "addr", "add", f"{addr}/24", "dev", host_if)
-        run("ip", "-n", ns(name), "link", "set", host_if, "up")
-        run("ip", "-n", ns("sw"), "link", "set", sw_if, "master", bridge)
-        run("ip", "-n", ns("sw"), "link", "set", sw_if, "up")
+        self.plug(name, host_if, sw_if, addr, bridge)
         for r in extra_routes:
             run("ip", "-n", ns(name), "route", "add", r, "dev", host_if)
         for net, gw in via:
@@ -129,13 +133,7 @@ class Topology:
         routers between two LANs), so mDNS stays on each link."""
         self.add_ns(name)
         for i, (bridge, addr) in enumerate(legs):
-            host_if, sw_if = f"v-{name}{i}", f"s-{name}{i}"
-            run("ip", "link", "add", host_if, "netns", ns(name), "type", "veth",
-                "peer", "name", sw_if, "netns", ns("sw"))
-            run("ip", "-n", ns(name), "addr", "add", f"{addr}/24", "dev", host_if)
-            run("ip", "-n", ns(name), "link", "set", host_if, "up")
-            run("ip", "-n", ns("sw"), "link", "set", sw_if, "master", bridge)
-            run("ip", "-n", ns("sw"), "link", "set", sw_if, "up")
+            self.plug(name, f"v-{name}{i}", f"s-{name}{i}", addr, bridge)
         run("ip", "netns", "exec", ns(name), "sh", "-c",
             "echo 1 > /proc/sys/net/ipv4/ip_forward")
 

@@ -272,17 +272,16 @@ struct Events {
     kinds: Mutex<Vec<(MurmurEventKind, String)>>,
 }
 
+/// Records each event's kind with its key (or, for STORAGE_FAILED, its error).
 unsafe extern "C" fn on_event(ud: *mut c_void, ev: *const MurmurEvent) {
     let events = unsafe { &*(ud as *const Events) };
     let ev = unsafe { &*ev };
-    let key = if ev.key.is_null() {
-        String::new()
-    } else {
-        unsafe { CStr::from_ptr(ev.key) }
-            .to_string_lossy()
-            .into_owned()
-    };
-    events.kinds.lock().unwrap().push((ev.kind, key));
+    let text = [ev.key, ev.error]
+        .into_iter()
+        .find(|p| !p.is_null())
+        .map(|p| unsafe { CStr::from_ptr(p) }.to_string_lossy().into_owned())
+        .unwrap_or_default();
+    events.kinds.lock().unwrap().push((ev.kind, text));
 }
 
 #[test]
@@ -344,24 +343,6 @@ fn subscription_delivers_until_unsubscribed() {
     }
 }
 
-unsafe extern "C" fn on_storage_event(ud: *mut c_void, ev: *const MurmurEvent) {
-    let events = unsafe { &*(ud as *const Events) };
-    let ev = unsafe { &*ev };
-    if matches!(
-        ev.kind,
-        MurmurEventKind::MurmurEventStorageFailed | MurmurEventKind::MurmurEventStorageRecovered
-    ) {
-        let error = if ev.error.is_null() {
-            String::new()
-        } else {
-            unsafe { CStr::from_ptr(ev.error) }
-                .to_string_lossy()
-                .into_owned()
-        };
-        events.kinds.lock().unwrap().push((ev.kind, error));
-    }
-}
-
 /// A commit that fails (another program holds the database's write lock past the busy
 /// timeout) reaches C subscribers as STORAGE_FAILED with the reason, and the next commit that
 /// works as STORAGE_RECOVERED.
@@ -375,10 +356,7 @@ fn storage_failures_and_recovery_are_events() {
     let ud = Arc::as_ptr(&events) as *mut c_void;
     unsafe {
         let mut sub = null_mut();
-        assert_eq!(
-            murmur_subscribe(s, Some(on_storage_event), ud, &mut sub),
-            MurmurOk
-        );
+        assert_eq!(murmur_subscribe(s, Some(on_event), ud, &mut sub), MurmurOk);
         assert_eq!(murmur_start(s), MurmurOk);
         let lock = rusqlite::Connection::open(dir.path().join("murmur.sqlite3")).unwrap();
         lock.execute_batch("BEGIN IMMEDIATE").unwrap();
@@ -386,16 +364,25 @@ fn storage_failures_and_recovery_are_events() {
             murmur_put(s, c"k".as_ptr(), b"v".as_ptr(), 1),
             MurmurErrStorage
         );
-        wait_for("STORAGE_FAILED", || {
-            !events.kinds.lock().unwrap().is_empty()
-        });
+        let storage = || {
+            let k = events.kinds.lock().unwrap();
+            k.iter()
+                .filter(|e| {
+                    matches!(
+                        e.0,
+                        MurmurEventKind::MurmurEventStorageFailed
+                            | MurmurEventKind::MurmurEventStorageRecovered
+                    )
+                })
+                .cloned()
+                .collect::<Vec<_>>()
+        };
+        wait_for("STORAGE_FAILED", || !storage().is_empty());
         lock.execute_batch("ROLLBACK").unwrap();
         assert_eq!(murmur_put(s, c"k".as_ptr(), b"v".as_ptr(), 1), MurmurOk);
-        wait_for("STORAGE_RECOVERED", || {
-            events.kinds.lock().unwrap().len() >= 2
-        });
+        wait_for("STORAGE_RECOVERED", || storage().len() >= 2);
         {
-            let k = events.kinds.lock().unwrap();
+            let k = storage();
             assert_eq!(k[0].0, MurmurEventKind::MurmurEventStorageFailed);
             assert!(k[0].1.contains("locked"), "{:?}", k[0].1);
             assert_eq!(
