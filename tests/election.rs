@@ -133,6 +133,19 @@ fn record_events(s: &Swarm) -> std::sync::Arc<std::sync::Mutex<Vec<murmur::Event
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_restarting_follower_keeps_the_leader_and_its_term() {
     init_tracing();
+    // A leader timeout of 1.5 s rather than the tests' 0.5 s: the test runs beside others on
+    // a loaded machine, and a heartbeat starved past the timeout is not what it is about. A
+    // dropped connection (what the races here caused) is noticed at once, whatever the timeout.
+    async fn node(dir: &std::path::Path, peers: &[String]) -> Swarm {
+        let s = builder(dir)
+            .leader_timeout(std::time::Duration::from_millis(1500))
+            .bootstrap(peers.iter().cloned())
+            .build()
+            .await
+            .expect("build");
+        s.start().await.expect("start");
+        s
+    }
     let dirs = dirs_by_id(3).await;
     let (low, mid, high) = (&dirs[0], &dirs[1], &dirs[2]);
     let h = node(high.1.path(), &[]).await;
