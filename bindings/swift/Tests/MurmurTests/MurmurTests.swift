@@ -140,7 +140,7 @@ final class MurmurTests: XCTestCase {
         XCTAssertNil(try a.get(key: "user:1"))
         try a.compact()
         XCTAssertEqual(a.nodeId().count, 64)
-        XCTAssertFalse(a.ticket().isEmpty)
+        XCTAssertFalse(try a.ticket().isEmpty)
     }
 
     func testReplicationAcrossThreeNodes() throws {
@@ -308,6 +308,57 @@ final class MurmurTests: XCTestCase {
             XCTFail("expected Closed")
         } catch MurmurError.Closed {
         }
+    }
+
+    /// Every call after shutdown() throws Closed, blocking and async alike; nodeId() cannot
+    /// throw and still returns the node's identity.
+    func testEveryCallAfterShutdownThrowsClosed() async throws {
+        let a = try open()
+        let id = a.nodeId()
+        let sub = try a.subscribe(listener: Recorder())
+        try a.shutdown()
+        let blocking: [(String, () throws -> Void)] = [
+            ("start", { try a.start() }),
+            ("put", { try a.put(key: "k", value: bytes("v")) }),
+            ("get", { _ = try a.get(key: "k") }),
+            ("delete", { try a.delete(key: "k") }),
+            ("keys", { _ = try a.keys(prefix: "") }),
+            ("len", { _ = try a.len() }),
+            ("isEmpty", { _ = try a.isEmpty() }),
+            ("isLeader", { _ = try a.isLeader() }),
+            ("leaderId", { _ = try a.leaderId() }),
+            ("leaderTerm", { _ = try a.leaderTerm() }),
+            ("ticket", { _ = try a.ticket() }),
+            ("peers", { _ = try a.peers() }),
+            ("compact", { try a.compact() }),
+            ("subscribe", { _ = try a.subscribe(listener: Recorder()) }),
+            ("shutdown", { try a.shutdown() }),
+        ]
+        for (name, call) in blocking {
+            XCTAssertThrowsError(try call(), name) { e in
+                guard case let .Closed(message)? = e as? MurmurError else { return XCTFail("\(name): \(e)") }
+                XCTAssertTrue(message.contains("shut down"), name)
+            }
+        }
+        let asynchronous: [(String, () async throws -> Void)] = [
+            ("startAsync", { try await a.startAsync() }),
+            ("putAsync", { try await a.putAsync(key: "k", value: bytes("v")) }),
+            ("getAsync", { _ = try await a.getAsync(key: "k") }),
+            ("deleteAsync", { try await a.deleteAsync(key: "k") }),
+            ("keysAsync", { _ = try await a.keysAsync(prefix: "") }),
+            ("shutdownAsync", { try await a.shutdownAsync() }),
+        ]
+        for (name, call) in asynchronous {
+            do {
+                try await call()
+                XCTFail("\(name): expected Closed")
+            } catch MurmurError.Closed {
+            }
+        }
+        XCTAssertEqual(a.nodeId(), id)
+        sub.cancel()
+        sub.cancel()
+        XCTAssertTrue(sub.isCancelled())
     }
 
     func testConfigDefaultsMatchTheRustBuilder() {

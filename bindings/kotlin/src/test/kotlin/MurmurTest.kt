@@ -265,6 +265,45 @@ fun coroutinesApi() = Nodes().use { n ->
     }
 }
 
+fun everyCallAfterShutdownThrowsClosed() = Nodes().use { n ->
+    val a = n.open()
+    val id = a.nodeId()
+    val sub = a.subscribe(Recorder())
+    a.shutdown()
+    val blocking: Map<String, () -> Unit> = mapOf(
+        "start" to { a.start() },
+        "put" to { a.put("k", bytes("v")) },
+        "get" to { a.get("k") },
+        "delete" to { a.delete("k") },
+        "keys" to { a.keys("") },
+        "len" to { a.len() },
+        "isEmpty" to { a.isEmpty() },
+        "isLeader" to { a.isLeader() },
+        "leaderId" to { a.leaderId() },
+        "leaderTerm" to { a.leaderTerm() },
+        "ticket" to { a.ticket() },
+        "peers" to { a.peers() },
+        "compact" to { a.compact() },
+        "subscribe" to { a.subscribe(Recorder()) },
+        "shutdown" to { a.shutdown() },
+        "startAsync" to { runBlocking { a.startAsync() } },
+        "putAsync" to { runBlocking { a.putAsync("k", bytes("v")) } },
+        "getAsync" to { runBlocking { a.getAsync("k") } },
+        "deleteAsync" to { runBlocking { a.deleteAsync("k") } },
+        "keysAsync" to { runBlocking { a.keysAsync("") } },
+        "shutdownAsync" to { runBlocking { a.shutdownAsync() } },
+    )
+    for ((name, call) in blocking) {
+        val e = expectThrows<MurmurException.Closed>("$name after shutdown") { call() }
+        check(e.message!!.contains("shut down")) { "$name: message ${e.message}" }
+    }
+    // nodeId() cannot throw: it still returns the node's identity
+    check(a.nodeId() == id) { "nodeId after shutdown" }
+    sub.cancel()
+    sub.cancel()
+    check(sub.isCancelled()) { "cancelled" }
+}
+
 fun configDefaultsMatchTheRustBuilder() {
     val cfg = SwarmConfig(storagePath = "/tmp/x")
     check(cfg == defaultConfig("/tmp/x")) { "defaults agree: $cfg" }
@@ -284,6 +323,7 @@ fun main() {
         "errors are typed, with messages" to ::errorsAreTypedWithMessages,
         "coroutines (suspend) API" to ::coroutinesApi,
         "config defaults match the Rust builder" to ::configDefaultsMatchTheRustBuilder,
+        "every call after shutdown throws Closed" to ::everyCallAfterShutdownThrowsClosed,
     )
     var passed = 0
     var failed = 0
