@@ -1,23 +1,25 @@
 #!/usr/bin/env bash
-# Tests the uniffi bindings: builds the library, checks that the committed Kotlin and Swift
-# sources are what uniffi-bindgen generates now, builds and installs the Python wheel and runs
-# pytest, compiles and runs the Kotlin tests on the JVM, parses the Swift package (no Swift
-# compiler here), and runs the Python and Kotlin examples.
+# Tests the uniffi bindings as a user gets them: checks that the committed Kotlin and Swift
+# sources are what uniffi-bindgen generates now, builds the packages with scripts/package.sh
+# (one release build of the native library for glibc 2.17: the manylinux2014 wheel and the jar),
+# installs the wheel into a clean virtualenv and runs pytest and the example there, compiles the
+# Kotlin tests against the jar and runs them, the exit scenarios and the example from an empty
+# directory with only the jar, JNA, kotlinx-coroutines and kotlin-stdlib on the classpath, and
+# parses the Swift package (no Swift compiler here).
 #
-# Installs what is missing (Debian, as root): libjna-java and a JDK with apt, maturin, pytest and
-# tree-sitter(-swift) in a virtualenv under .tools/, the Kotlin compiler from npm under .tools/.
+# Installs what is missing (see scripts/bindings-tools.sh). EXIT_RUNS (default 50) sets how many
+# times each exit scenario runs, in Python and on the JVM.
 #
 # Usage: bash scripts/test-bindings.sh            run everything
 #        bash scripts/test-bindings.sh --update   first rewrite the committed generated sources
 set -euo pipefail
 cd "$(dirname "$0")/.."
 ROOT=$PWD
-TOOLS=$ROOT/.tools
-KOTLIN_VERSION=2.4.20
 UPDATE=0
 [[ "${1:-}" == "--update" ]] && UPDATE=1
+EXIT_RUNS=${EXIT_RUNS:-50}
 
-step() { printf '\n== %s\n' "$*"; }
+step() { printf '\n== %s (%s s)\n' "$*" "$SECONDS"; }
 PASSED=0
 FAILED=0
 SUMMARY=()
@@ -28,38 +30,12 @@ record() { # suite passed failed
 }
 
 step "tools"
-APT_NEEDED=()
-command -v java >/dev/null || APT_NEEDED+=(default-jdk-headless)
-[[ -f /usr/share/java/jna.jar ]] || APT_NEEDED+=(libjna-java)
-python3 -c 'import venv, ensurepip' 2>/dev/null || APT_NEEDED+=(python3-venv)
-command -v npm >/dev/null || APT_NEEDED+=(npm)
-if ((${#APT_NEEDED[@]})); then
-    apt-get update -qq
-    DEBIAN_FRONTEND=noninteractive apt-get install -y -qq "${APT_NEEDED[@]}"
-fi
-JNA=/usr/share/java/jna.jar
-mkdir -p "$TOOLS"
-VENV=$TOOLS/venv
-[[ -x $VENV/bin/python ]] || python3 -m venv "$VENV"
-PY=$VENV/bin/python
-for mod in maturin:maturin pytest:pytest tree_sitter:tree-sitter tree_sitter_swift:tree-sitter-swift; do
-    if ! "$PY" -c "import ${mod%%:*}" 2>/dev/null; then
-        "$PY" -m pip install -q "${mod#*:}"
-    fi
-done
-KOTLIN=$TOOLS/kotlin
-if [[ ! -x $KOTLIN/bin/kotlinc ]]; then
-    (cd "$TOOLS" && npm pack -q "kotlin-compiler@$KOTLIN_VERSION" >/dev/null &&
-        rm -rf package && tar xzf "kotlin-compiler-$KOTLIN_VERSION.tgz" && rm -rf kotlin &&
-        mv package kotlin && rm "kotlin-compiler-$KOTLIN_VERSION.tgz")
-fi
-KOTLIN_CP=$JNA:$KOTLIN/lib/kotlinx-coroutines-core-jvm.jar
-KOTLIN_RUN_CP=$KOTLIN_CP:$KOTLIN/lib/kotlin-stdlib.jar
+source scripts/bindings-tools.sh
 java -version 2>&1 | head -1
 "$PY" -m maturin --version
 "$KOTLIN/bin/kotlinc" -version 2>&1 | tail -1
 
-step "build the library and the bindgen"
+step "build the bindgen (and the debug library it reads the interface from)"
 cargo build --lib --bin uniffi-bindgen
 LIB=$ROOT/target/debug/libmurmur.so
 
@@ -97,40 +73,62 @@ if ((stale)); then
     echo "regenerate with: bash scripts/test-bindings.sh --update (then commit)" >&2
 fi
 
-step "python: build the wheel, install it, run pytest"
-rm -rf target/wheels
-(cd bindings/python && "$PY" -m maturin build --profile dev --out "$ROOT/target/wheels")
-"$PY" -m pip install -q --force-reinstall --no-deps target/wheels/murmur-*.whl
+step "package: the wheel and the jar (scripts/package.sh)"
+pkg_start=$SECONDS
+if bash scripts/package.sh; then record "package (wheel + auditwheel + jar)" 1 0; else
+    record "package (wheel + auditwheel + jar)" 0 1
+    echo "packaging failed: nothing to test" >&2
+    exit 1
+fi
+echo "package.sh: $((SECONDS - pkg_start)) s"
+WHEEL=$(ls "$ROOT"/target/package/murmur-*.whl)
+JAR=$(ls "$ROOT"/target/package/murmur-*.jar)
+
+step "python: install the wheel into a clean virtualenv, run pytest there"
+UVENV=$ROOT/target/wheel-venv
+rm -rf "$UVENV"
+python3 -m venv "$UVENV"
+"$UVENV/bin/python" -m pip install -q "$WHEEL" pytest
 # From outside the source tree, so `import murmur` is the installed wheel.
+where=$(cd /tmp && "$UVENV/bin/python" -c 'import murmur; print(murmur.__file__)')
+echo "murmur imported from $where"
+if [[ $where == "$UVENV"/* ]]; then record "python: import from the wheel" 1 0; else
+    record "python: import from the wheel" 0 1
+fi
 PYLOG=$ROOT/target/pytest.log
 set +e
-(cd /tmp && "$PY" -m pytest -p no:cacheprovider -q "$ROOT/bindings/python/tests") 2>&1 | tee "$PYLOG"
+(cd /tmp && MURMUR_EXIT_RUNS=$EXIT_RUNS "$UVENV/bin/python" -m pytest -p no:cacheprovider -q \
+    --durations=5 "$ROOT/bindings/python/tests") 2>&1 | tee "$PYLOG"
 set -e
 py_line=$(grep -E '[0-9]+ (passed|failed|errors?).* in [0-9.]+s' "$PYLOG" | tail -1 || true)
 count() { echo "$py_line" | { grep -Eo "[0-9]+ $1" || true; } | awk '{s+=$1} END {print s+0}'; }
 py_passed=$(count passed)
 py_failed=$(($(count failed) + $(count 'errors?')))
 if [[ -z $py_line ]]; then py_failed=1; fi
-record "python (pytest)" "$py_passed" "$py_failed"
+record "python (pytest, installed wheel)" "$py_passed" "$py_failed"
 
-step "python example"
-if (cd /tmp && timeout 120 "$PY" "$ROOT/examples/python/basic.py"); then
+step "python example (installed wheel)"
+if (cd /tmp && timeout 120 "$UVENV/bin/python" "$ROOT/examples/python/basic.py"); then
     record "python example" 1 0
 else
     record "python example" 0 1
 fi
 
-step "kotlin: compile the generated sources, the tests and the example (one kotlinc run)"
-mkdir -p target/kotlin
-"$KOTLIN/bin/kotlinc" -nowarn \
-    bindings/kotlin/src/main/kotlin/uniffi/murmur/murmur.kt \
-    bindings/kotlin/src/test/kotlin/MurmurTest.kt \
-    examples/kotlin/Example.kt \
-    -cp "$KOTLIN_CP" -d target/kotlin/murmur-tests.jar
+step "kotlin: compile the tests and the exit scenarios, and the example, against the jar"
+KT=$ROOT/target/kotlin
+rm -rf "$KT"
+mkdir -p "$KT"
+"$KOTLIN/bin/kotlinc" -nowarn bindings/kotlin/src/test/kotlin/MurmurTest.kt \
+    bindings/kotlin/src/test/kotlin/ExitScenarios.kt -cp "$JAR:$KOTLIN_CP" -d "$KT/murmur-tests.jar"
+"$KOTLIN/bin/kotlinc" -nowarn examples/kotlin/Example.kt -cp "$JAR:$KOTLIN_CP" -d "$KT/example.jar"
+# Everything runs from an empty directory, with the native library only inside the jar.
+EMPTY=$(mktemp -d)
+RUN_CP=$JAR:$KOTLIN_RUN_CP
+
+step "kotlin tests (JVM, the jar)"
 KTLOG=$ROOT/target/kotlin-tests.log
 set +e
-timeout 600 java -Djna.library.path="$ROOT/target/debug" \
-    -cp "target/kotlin/murmur-tests.jar:$KOTLIN_RUN_CP" MurmurTestKt 2>&1 | tee "$KTLOG"
+(cd "$EMPTY" && timeout 600 java -cp "$KT/murmur-tests.jar:$RUN_CP" MurmurTestKt) 2>&1 | tee "$KTLOG"
 set -e
 kt_line=$(grep -E '^kotlin: [0-9]+ passed, [0-9]+ failed' "$KTLOG" | tail -1 || true)
 if [[ -n $kt_line ]]; then
@@ -141,13 +139,34 @@ else
 fi
 record "kotlin (JVM)" "$kt_passed" "$kt_failed"
 
-step "kotlin example"
-if (cd /tmp && timeout 120 java -Djna.library.path="$ROOT/target/debug" \
-    -cp "$ROOT/target/kotlin/murmur-tests.jar:$KOTLIN_RUN_CP" murmur.example.ExampleKt); then
+step "kotlin: JVM exit in awkward orders, $EXIT_RUNS runs of each scenario"
+exit_start=$SECONDS
+kx_passed=0 kx_failed=0
+for scenario in $(cd "$EMPTY" && java -cp "$KT/murmur-tests.jar:$RUN_CP" murmur.exit.ExitScenariosKt); do
+    # Two at a time; each run must exit 0 (not crash, not hang: 60 s limit).
+    bad=$(seq "$EXIT_RUNS" | xargs -P 2 -I{} sh -c '
+        d=$(mktemp -d) && cd "$d" && timeout 60 java -cp "$1" murmur.exit.ExitScenariosKt "$2" "$d/data" \
+            >"$d.log" 2>&1; rc=$?
+        [ $rc -eq 0 ] || { echo "exit code $rc"; tail -5 "$d.log" >&2; }
+        cd / && rm -rf "$d" "$d.log"' _ "$KT/murmur-tests.jar:$RUN_CP" "$scenario" | wc -l)
+    if ((bad == 0)); then
+        echo "PASS $scenario: $EXIT_RUNS runs exit 0"
+        kx_passed=$((kx_passed + 1))
+    else
+        echo "FAIL $scenario: $bad of $EXIT_RUNS runs did not exit 0"
+        kx_failed=$((kx_failed + 1))
+    fi
+done
+echo "kotlin exit scenarios: $((SECONDS - exit_start)) s"
+record "kotlin exit scenarios (x$EXIT_RUNS)" "$kx_passed" "$kx_failed"
+
+step "kotlin example (the jar + JNA + kotlinx-coroutines + kotlin-stdlib, from an empty directory)"
+if (cd "$EMPTY" && timeout 120 java -cp "$KT/example.jar:$RUN_CP" murmur.example.ExampleKt); then
     record "kotlin example" 1 0
 else
     record "kotlin example" 0 1
 fi
+rm -rf "$EMPTY"
 
 step "swift: parse the package (generated, not compiled: no Swift toolchain here)"
 SWIFT_FILES=(bindings/swift/Package.swift bindings/swift/Sources/Murmur/murmur.swift
@@ -161,6 +180,7 @@ else
 fi
 
 step "summary"
+echo "test-bindings.sh: $SECONDS s"
 for line in "${SUMMARY[@]}"; do echo "  $line"; done
 echo "$PASSED passed, $FAILED failed"
 ((FAILED == 0))

@@ -65,6 +65,7 @@ compile() { # name compiler flags... -- sources
 compile quickstart gcc "${CFLAGS[@]}" examples/c/quickstart.c -o "$OUT/quickstart" "${LDFLAGS[@]}"
 compile misuse_test gcc "${CFLAGS[@]}" examples/c/misuse_test.c -o "$OUT/misuse_test" "${LDFLAGS[@]}"
 compile raii g++ -std=c++17 -Wall -Wextra -Werror -g -pthread -Iinclude examples/c/raii.cpp -o "$OUT/raii" "${LDFLAGS[@]}"
+compile exit_test gcc "${CFLAGS[@]}" examples/c/exit_test.c -o "$OUT/exit_test" "${LDFLAGS[@]}"
 compile "header as C++" g++ -std=c++11 -Wall -Wextra -Werror -fsyntax-only -x c++ include/murmur.h
 # The static library links too (with the system libraries Rust's std and its deps need).
 compile "quickstart (static)" gcc "${CFLAGS[@]}" examples/c/quickstart.c -o "$OUT/quickstart-static" \
@@ -110,6 +111,20 @@ expect_line raii "async put replicated: answer = 42"
 expect_match raii '^leader agreed: [ab]$'
 expect_line raii "error as exception: MURMUR_ERR_INVALID_KEY"
 expect_line raii "raii ok"
+
+step "process exit with subscriptions alive: every scenario of exit_test.c, ${EXIT_RUNS:=50} runs each"
+# Two at a time; each run must exit 0 (not crash, not hang: 60 s limit).
+exit_start=$(date +%s)
+for scenario in $("$OUT/exit_test"); do
+    bad=$(seq "$EXIT_RUNS" | xargs -P 2 -I{} sh -c '
+        d=$(mktemp -d) && timeout 60 "$1" "$2" "$d" >"$d.log" 2>&1; rc=$?
+        [ $rc -eq 0 ] || { echo "exit code $rc"; tail -5 "$d.log" >&2; }
+        rm -rf "$d" "$d.log"' _ "$OUT/exit_test" "$scenario" | wc -l)
+    if [ "$bad" -eq 0 ]; then pass "exit_test $scenario: $EXIT_RUNS runs exit 0"; else
+        fail "exit_test $scenario: $bad of $EXIT_RUNS runs did not exit 0"
+    fi
+done
+echo "exit_test: $(($(date +%s) - exit_start)) s"
 
 step "run the C misuse test"
 run misuse "$OUT/misuse_test" "$TMP/misuse"

@@ -449,7 +449,7 @@ impl Swarm {
         SwarmBuilder::default()
     }
 
-    fn check_open(&self) -> Result<()> {
+    pub(crate) fn check_open(&self) -> Result<()> {
         match &*self.lock_state() {
             State::Closed => Err(Error::Closed),
             _ => Ok(()),
@@ -576,12 +576,13 @@ impl Swarm {
         }
     }
 
-    /// Whether this node is the leader.
+    /// Whether this node is the leader (`false` after [`shutdown`](Self::shutdown): this
+    /// signature cannot fail; the foreign bindings raise `Closed` instead).
     pub async fn is_leader(&self) -> bool {
         self.leader_state().is_me
     }
 
-    /// The leader's node ID, if one is known.
+    /// The leader's node ID, if one is known (`None` after [`shutdown`](Self::shutdown)).
     pub async fn leader_id(&self) -> Option<String> {
         self.leader_state()
             .leader
@@ -589,7 +590,8 @@ impl Swarm {
     }
 
     /// The current leader's term (0 before any leader is known): strictly increasing across
-    /// leader changes, persisted, usable as a fencing token.
+    /// leader changes, persisted, usable as a fencing token. 0 after
+    /// [`shutdown`](Self::shutdown).
     pub async fn leader_term(&self) -> u64 {
         self.leader_state().term
     }
@@ -622,7 +624,8 @@ impl Swarm {
             .collect()
     }
 
-    /// The peers this node knows: connected or not, direct or relayed, round-trip time.
+    /// The peers this node knows: connected or not, direct or relayed, round-trip time. Empty
+    /// after [`shutdown`](Self::shutdown).
     pub async fn peers(&self) -> Vec<PeerInfo> {
         let tx = match &*self.lock_state() {
             State::Running(net) => net.node_tx.clone(),

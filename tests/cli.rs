@@ -573,3 +573,164 @@ fn storage_failures_and_recovery_are_printed_as_events() {
     a.poll("get k", |l| l == "v2");
     a.quit();
 }
+/// The text replies of the stdin protocol, in the formats `murmur --help` documents.
+#[test]
+fn stdin_replies_have_the_documented_formats() {
+    let d = tempfile::tempdir().unwrap();
+    let mut a = Node::run(d.path(), None);
+    let id = a.expect_line("id: ")["id: ".len()..].to_string();
+    a.expect_line("ready");
+    a.send("put k1 hello world");
+    assert_eq!(a.next_line(), "ok");
+    a.send("get k1");
+    assert_eq!(a.next_line(), "hello world");
+    a.send("get missing");
+    assert_eq!(a.next_line(), "(none)");
+    a.send("put k2 x");
+    assert_eq!(a.next_line(), "ok");
+    a.send("del k2");
+    assert_eq!(a.next_line(), "ok");
+    a.send("count");
+    assert_eq!(a.next_line(), "1");
+    a.send("list");
+    assert_eq!(a.next_line(), "k1 = hello world");
+    a.send("digest");
+    let digest = a.next_line();
+    let (count, hash) = digest.split_once(' ').expect("digest is `<count> <hash>`");
+    assert_eq!(count, "1");
+    assert!(
+        hash.len() == 16 && hash.bytes().all(|b| b.is_ascii_hexdigit()),
+        "{digest}"
+    );
+    // A lone node elects itself.
+    let leader = a.poll("leader", |l| l.ends_with("me true"));
+    let term = leader
+        .strip_prefix(&format!("leader {id} term "))
+        .and_then(|rest| rest.strip_suffix(" me true"))
+        .and_then(|t| t.parse::<u64>().ok());
+    assert!(term.is_some_and(|t| t >= 1), "{leader}");
+    a.send("id");
+    assert_eq!(a.next_line(), id);
+    a.send("frobnicate");
+    assert!(a.next_line().starts_with("error: unknown command"));
+    a.quit();
+}
+
+/// `--json`: the banner, every reply, errors and events are one JSON object per line.
+#[test]
+fn json_mode_prints_one_object_per_reply() {
+    let d = tempfile::tempdir().unwrap();
+    let mut c = murmur(d.path());
+    c.args(["run", "--json"]);
+    let mut a = Node::spawn(c);
+    let json = |l: String| -> serde_json::Value {
+        serde_json::from_str(&l).unwrap_or_else(|e| panic!("not one JSON object: {l:?}: {e}"))
+    };
+    let ready = json(a.next_line());
+    assert_eq!(ready["ready"], true);
+    let id = ready["id"].as_str().unwrap().to_string();
+    assert!(ready["ticket"].is_string());
+
+    a.send("put k v v");
+    assert_eq!(json(a.next_line()), serde_json::json!({ "ok": true }));
+    a.send("get k");
+    assert_eq!(
+        json(a.next_line()),
+        serde_json::json!({ "ok": true, "value": "v v" })
+    );
+    a.send("get missing");
+    assert_eq!(
+        json(a.next_line()),
+        serde_json::json!({ "ok": true, "value": null })
+    );
+    a.send("list");
+    assert_eq!(
+        json(a.next_line()),
+        serde_json::json!({ "ok": true, "entries": [{ "key": "k", "value": "v v" }] })
+    );
+    a.send("list nothing-matches");
+    assert_eq!(
+        json(a.next_line()),
+        serde_json::json!({ "ok": true, "entries": [] })
+    );
+    a.send("count");
+    assert_eq!(
+        json(a.next_line()),
+        serde_json::json!({ "ok": true, "count": 1 })
+    );
+    a.send("digest");
+    let d = json(a.next_line());
+    assert_eq!(d["count"], 1);
+    assert_eq!(d["hash"].as_str().unwrap().len(), 16);
+    let leader = a.poll("leader", |l| json(l.to_string())["me"] == true);
+    let leader = json(leader);
+    assert!(leader["term"].as_u64().is_some_and(|t| t >= 1), "{leader}");
+    assert_eq!(
+        leader,
+        serde_json::json!({ "ok": true, "leader": id, "term": leader["term"], "me": true })
+    );
+    a.send("peers");
+    assert_eq!(
+        json(a.next_line()),
+        serde_json::json!({ "ok": true, "peers": [] })
+    );
+    a.send("id");
+    assert_eq!(
+        json(a.next_line()),
+        serde_json::json!({ "ok": true, "id": id })
+    );
+    a.send("put");
+    let e = json(a.next_line());
+    assert_eq!(e["ok"], false);
+    assert!(e["error"].as_str().unwrap().contains("usage"), "{e}");
+    a.stdin.write_all(b"get \xff\n").unwrap();
+    assert_eq!(json(a.next_line())["ok"], false);
+
+    a.send("watch on");
+    assert_eq!(
+        json(a.next_line()),
+        serde_json::json!({ "ok": true, "watch": true })
+    );
+    a.send("put w 1");
+    // The reply and the event, in either order, each one object.
+    let mut got = [json(a.next_line()), json(a.next_line())];
+    got.sort_by_key(|v| v.get("event").is_some());
+    assert_eq!(got[0], serde_json::json!({ "ok": true }));
+    assert_eq!(
+        got[1],
+        serde_json::json!({ "event": "put", "key": "w", "value": "1", "origin": id })
+    );
+    a.send("watch off");
+    assert_eq!(json(a.next_line())["watch"], false);
+
+    a.send("quit");
+    assert_eq!(
+        json(a.next_line()),
+        serde_json::json!({ "ok": true, "shut_down": true })
+    );
+    assert!(a.child.wait().unwrap().success());
+}
+
+/// `murmur --help` and `murmur run --help` document the protocol and the exit codes.
+#[test]
+fn help_documents_the_stdin_protocol() {
+    let d = tempfile::tempdir().unwrap();
+    for args in [&["--help"][..], &["run", "--help"]] {
+        let out = murmur(d.path()).args(args).output().unwrap();
+        assert!(out.status.success());
+        let help = String::from_utf8_lossy(&out.stdout);
+        for needle in [
+            "STDIN PROTOCOL",
+            "(none)",
+            "leader <node-id|none> term <n> me <true|false>",
+            "<count> <hash>",
+            "error: <message>",
+            "--json",
+            "{\"ok\":false,\"error\":\"<message>\"}",
+            "EXIT CODES",
+            "3  get: the key holds no value",
+        ] {
+            assert!(help.contains(needle), "{args:?}: no {needle:?} in:\n{help}");
+        }
+    }
+}

@@ -1,6 +1,7 @@
 """Two Murmur nodes in one process, from Python: replication, events, leader, asyncio.
 
-Runs offline (127.0.0.1, relays and LAN discovery off). After `pip install ./bindings/python`:
+Runs offline (127.0.0.1, relays and LAN discovery off). After `pip install target/package/murmur-*.whl`
+(built by `bash scripts/package.sh`) or `pip install ./bindings/python`:
     python examples/python/basic.py
 """
 

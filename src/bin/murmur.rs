@@ -6,6 +6,9 @@
 //!
 //! Output never stops the node: once stdout is gone (a reader such as `| head` exited), later
 //! output is dropped and the node keeps serving its peers until a signal or `quit` stops it.
+//!
+//! The stdin protocol (commands, reply formats, `--json`, exit codes) is what scripts read: it
+//! is documented in [`PROTOCOL`] (`murmur --help`) and the README, and kept stable.
 
 use std::{
     io::{self, BufRead, Write},
@@ -20,6 +23,7 @@ use murmur::{
     CompactionPolicy, Durability, Event, PathKind, RelayMode, Swarm, SwarmBuilder,
     DEFAULT_MAX_VALUE_SIZE, MAX_KEY_LEN, MAX_VALUE_SIZE_LIMIT,
 };
+use serde_json::Value as Json;
 use tokio::signal::unix::{signal, SignalKind};
 
 /// Set once a write to stdout failed (its reader went away): later output is dropped.
@@ -49,11 +53,55 @@ const MAX_LINE: usize = MAX_VALUE_SIZE_LIMIT + MAX_KEY_LEN + 64;
 /// How many characters of an unrecognised command an error message repeats.
 const ECHO_CHARS: usize = 80;
 
+/// The stdin protocol of `murmur run` and the exit codes: shown by `murmur --help` and
+/// `murmur run --help`, repeated in the README. Scripts depend on it: keep it stable.
+const PROTOCOL: &str = "\
+STDIN PROTOCOL (murmur run)
+  One command per line (UTF-8; `\\n` or `\\r\\n`); type `help` for the list. Every command
+  prints its reply before the next command is read, in one of these formats (stable: scripts
+  may rely on them):
+    put, del, compact    ok
+    get <key>            the value (UTF-8 text as is; other bytes as 0x<hex>), or (none)
+    list [prefix]        one line `<key> = <value>` per key, nothing when no key matches
+    count                <number of keys>
+    digest               <count> <hash>   (16 hex digits; equal digests: equal maps)
+    leader               leader <node-id|none> term <n> me <true|false>
+    peers                one line per peer:
+                         <node-id> <connected|disconnected> <direct|relayed|-> <rtt|-> clock <offset|->
+    ticket, id           one line
+    addrs                the addresses on one line, separated by spaces
+    epoch                epoch <n> term <t> leader <hex>
+    watch on|off         watch on / watch off; then events as `event ...` lines
+    quit                 shuts down, then prints `shut down`
+    anything failing     error: <message>   (the node keeps running)
+  At start the node prints `id: <node-id>`, `ticket: <ticket>`, `ready (type help)`.
+  End of input does not stop the node (stop it with quit, SIGINT or SIGTERM).
+
+  With `murmur run --json`, every reply, the start banner and every event is instead ONE line
+  holding one JSON object:
+    start      {\"ready\":true,\"id\":\"..\",\"ticket\":\"..\"}
+    success    {\"ok\":true, ...fields...}: get {\"value\":\"..\"|null} (or \"value_hex\" for bytes
+               that are not UTF-8), list {\"entries\":[{\"key\",\"value\"}]}, count {\"count\"},
+               digest {\"count\",\"hash\"}, leader {\"leader\":id|null,\"term\",\"me\"},
+               peers {\"peers\":[{\"id\",\"connected\",\"path\",\"rtt_ms\",\"clock_offset_ms\"}]},
+               ticket {\"ticket\"}, id {\"id\"}, addrs {\"addrs\":[..]},
+               epoch {\"epoch\",\"term\",\"leader\"}, watch {\"watch\":bool}, help {\"help\"},
+               put/del/compact {} (just ok), quit {\"shut_down\":true}
+    failure    {\"ok\":false,\"error\":\"<message>\"}
+    event      {\"event\":\"put|delete|leader|peer_up|peer_down|lagged|compacted|storage_failed|storage_recovered\", ...}
+
+EXIT CODES
+  0  success (run: stopped by quit or a signal, after a graceful shutdown)
+  1  error (the message is on stderr; e.g. the data directory is in use by another process)
+  2  invalid command line (usage)
+  3  get: the key holds no value";
+
 #[derive(Parser, Debug)]
 #[command(
     name = "murmur",
     version,
-    about = "A node of a Murmur swarm: a replicated key-value map over iroh"
+    about = "A node of a Murmur swarm: a replicated key-value map over iroh",
+    after_long_help = PROTOCOL
 )]
 struct Cli {
     /// Data directory of the node.
@@ -133,7 +181,9 @@ enum CompactionArg {
 #[derive(Subcommand, Debug)]
 enum Command {
     /// Run a node: print its ticket, then read commands from stdin until `quit`, EOF is ignored
-    /// (the node keeps running; stop it with Ctrl-C or SIGTERM).
+    /// (the node keeps running; stop it with Ctrl-C or SIGTERM). `murmur --help` describes the
+    /// stdin protocol.
+    #[command(after_long_help = PROTOCOL)]
     Run {
         /// Tickets or `<node-id>@<ip>:<port>` of peers to join through.
         #[arg(long, short = 'b')]
@@ -141,6 +191,9 @@ enum Command {
         /// Print every event (puts, deletes, leader changes, peers) as it happens.
         #[arg(long)]
         watch: bool,
+        /// Print every reply, the start banner and every event as one JSON object per line.
+        #[arg(long)]
+        json: bool,
     },
     /// Set a key (offline: peers receive it when the node next runs).
     Put { key: String, value: String },
@@ -210,7 +263,78 @@ fn short(id: &str) -> &str {
     id.get(..10).unwrap_or(id)
 }
 
-fn print_event(e: &Event) {
+/// A value in JSON: `{"value": text}` when it is UTF-8, else `{"value_hex": hex}`.
+fn json_value(obj: &mut serde_json::Map<String, Json>, v: &[u8]) {
+    match std::str::from_utf8(v) {
+        Ok(s) => obj.insert("value".into(), Json::from(s)),
+        Err(_) => obj.insert("value_hex".into(), data_encoding::HEXLOWER.encode(v).into()),
+    };
+}
+
+fn event_json(e: &Event) -> Json {
+    let mut o = serde_json::Map::new();
+    let kind = match e {
+        Event::Put { key, value, origin } => {
+            o.insert("key".into(), key.as_str().into());
+            json_value(&mut o, value);
+            o.insert("origin".into(), origin.as_str().into());
+            "put"
+        }
+        Event::Deleted { key, origin } => {
+            o.insert("key".into(), key.as_str().into());
+            o.insert("origin".into(), origin.as_str().into());
+            "delete"
+        }
+        Event::LeaderChanged { leader, term } => {
+            o.insert("leader".into(), leader.clone().into());
+            o.insert("term".into(), (*term).into());
+            "leader"
+        }
+        Event::PeerUp { peer } => {
+            o.insert("peer".into(), peer.as_str().into());
+            "peer_up"
+        }
+        Event::PeerDown { peer } => {
+            o.insert("peer".into(), peer.as_str().into());
+            "peer_down"
+        }
+        Event::Lagged { missed } => {
+            o.insert("missed".into(), (*missed).into());
+            "lagged"
+        }
+        Event::Compacted {
+            epoch,
+            term,
+            keys,
+            bytes_before,
+            bytes_after,
+        } => {
+            for (k, v) in [
+                ("epoch", epoch),
+                ("term", term),
+                ("keys", keys),
+                ("bytes_before", bytes_before),
+                ("bytes_after", bytes_after),
+            ] {
+                o.insert(k.into(), (*v).into());
+            }
+            "compacted"
+        }
+        Event::StorageFailed { error } => {
+            o.insert("error".into(), error.as_str().into());
+            "storage_failed"
+        }
+        Event::StorageRecovered => "storage_recovered",
+    };
+    o.insert("event".into(), kind.into());
+    Json::Object(o)
+}
+
+fn print_event(e: &Event, json: bool) {
+    if json {
+        say!("{}", event_json(e));
+        return;
+    }
     match e {
         Event::Put { key, value, origin } => {
             say!("event put {key} = {} (from {})", show(value), short(origin))
@@ -264,15 +388,64 @@ fn truncated(s: &str, max: usize) -> String {
     }
 }
 
-/// Executes one interactive command (a line of stdin without its terminator); returns false on
-/// `quit`.
-async fn execute(swarm: &Swarm, raw: &[u8], watch: &mut bool) -> bool {
+/// The reply to one command: its text form and its JSON form (see [`PROTOCOL`]).
+struct Reply {
+    /// Lines of the text form (possibly none, as for `list` without a match).
+    text: Vec<String>,
+    /// The fields of the JSON form besides `"ok": true`.
+    json: serde_json::Map<String, Json>,
+}
+
+impl Reply {
+    fn new(text: impl Into<String>) -> Self {
+        Reply {
+            text: vec![text.into()],
+            json: serde_json::Map::new(),
+        }
+    }
+
+    fn field(mut self, key: &str, value: impl Into<Json>) -> Self {
+        self.json.insert(key.into(), value.into());
+        self
+    }
+
+    fn ok() -> Self {
+        Reply::new("ok")
+    }
+}
+
+/// Prints a reply or an error, in text or JSON.
+fn print_reply(reply: Result<Option<Reply>, String>, json: bool) {
+    match (reply, json) {
+        (Ok(None), _) => {}
+        (Ok(Some(r)), false) => {
+            for line in r.text {
+                say!("{line}");
+            }
+        }
+        (Ok(Some(r)), true) => {
+            let mut o = serde_json::Map::new();
+            o.insert("ok".into(), true.into());
+            o.extend(r.json);
+            say!("{}", Json::Object(o));
+        }
+        (Err(e), false) => say!("error: {e}"),
+        (Err(e), true) => say!("{}", serde_json::json!({ "ok": false, "error": e })),
+    }
+}
+
+/// Executes one interactive command (a line of stdin without its terminator) and prints its
+/// reply; returns false on `quit` (whose reply follows the shutdown).
+async fn execute(swarm: &Swarm, raw: &[u8], watch: &mut bool, json: bool) -> bool {
     let line = match std::str::from_utf8(raw) {
         Ok(line) => line,
         Err(e) => {
-            say!(
-                "error: the line is not valid UTF-8 (invalid byte at offset {}); ignored, commands are UTF-8 text",
-                e.valid_up_to()
+            print_reply(
+                Err(format!(
+                    "the line is not valid UTF-8 (invalid byte at offset {}); ignored, commands are UTF-8 text",
+                    e.valid_up_to()
+                )),
+                json,
             );
             return true;
         }
@@ -280,108 +453,157 @@ async fn execute(swarm: &Swarm, raw: &[u8], watch: &mut bool) -> bool {
     let line = line.trim_start();
     let (cmd, rest) = line.split_once(char::is_whitespace).unwrap_or((line, ""));
     let args = rest.trim();
-    let r: Result<(), murmur::Error> = async {
-        match cmd {
-            "" => {}
-            "help" => say!("{HELP}"),
+    let r: Result<Option<Reply>, String> = async {
+        let e = |e: murmur::Error| e.to_string();
+        Ok(Some(match cmd {
+            "" | "quit" | "exit" => return Ok(None),
+            "help" => Reply::new(HELP).field("help", HELP),
             // The key ends at the first space; the value is everything after that one space,
             // verbatim (spaces included).
             "put" => match rest.trim_start().split_once(' ') {
                 Some((k, v)) => {
-                    swarm.put(k, v.as_bytes()).await?;
-                    say!("ok");
+                    swarm.put(k, v.as_bytes()).await.map_err(e)?;
+                    Reply::ok()
                 }
-                None => say!("error: usage: put <key> <value>"),
+                None => return Err("usage: put <key> <value>".to_string()),
             },
-            "get" => match swarm.get(args).await? {
-                Some(v) => say!("{}", show(&v)),
-                None => say!("(none)"),
+            "get" => match swarm.get(args).await.map_err(e)? {
+                Some(v) => {
+                    let mut r = Reply::new(show(&v));
+                    json_value(&mut r.json, &v);
+                    r
+                }
+                None => Reply::new("(none)").field("value", Json::Null),
             },
             "del" | "delete" => {
-                swarm.delete(args).await?;
-                say!("ok");
+                swarm.delete(args).await.map_err(e)?;
+                Reply::ok()
             }
             "list" => {
-                for k in swarm.keys(args).await? {
-                    if let Some(v) = swarm.get(&k).await? {
-                        say!("{k} = {}", show(&v));
+                let mut r = Reply::new("");
+                r.text.clear();
+                let mut entries = Vec::new();
+                for k in swarm.keys(args).await.map_err(e)? {
+                    if let Some(v) = swarm.get(&k).await.map_err(e)? {
+                        r.text.push(format!("{k} = {}", show(&v)));
+                        let mut o = serde_json::Map::new();
+                        o.insert("key".into(), k.into());
+                        json_value(&mut o, &v);
+                        entries.push(Json::Object(o));
                     }
                 }
+                r.field("entries", entries)
             }
-            "count" => say!("{}", swarm.len().await?),
+            "count" => {
+                let n = swarm.len().await.map_err(e)?;
+                Reply::new(n.to_string()).field("count", n)
+            }
             "digest" => {
                 let mut h = blake3::Hasher::new();
-                let keys = swarm.keys("").await?;
+                let keys = swarm.keys("").await.map_err(e)?;
                 for k in &keys {
-                    let v = swarm.get(k).await?.unwrap_or_default();
+                    let v = swarm.get(k).await.map_err(e)?.unwrap_or_default();
                     for part in [k.as_bytes(), &v] {
                         h.update(&(part.len() as u64).to_be_bytes());
                         h.update(part);
                     }
                 }
-                say!("{} {}", keys.len(), &h.finalize().to_hex()[..16]);
+                let hash = h.finalize().to_hex()[..16].to_string();
+                Reply::new(format!("{} {hash}", keys.len()))
+                    .field("count", keys.len())
+                    .field("hash", hash)
             }
             "peers" => {
+                let mut r = Reply::new("");
+                r.text.clear();
+                let mut peers = Vec::new();
                 for p in swarm.peers().await {
                     let path = match p.path {
                         PathKind::Direct => "direct",
                         PathKind::Relayed => "relayed",
                         PathKind::None => "-",
                     };
-                    let rtt = p.rtt.map(|r| format!("{:.2}ms", r.as_secs_f64() * 1e3));
+                    let rtt_ms = p.rtt.map(|r| r.as_secs_f64() * 1e3);
+                    let rtt = rtt_ms.map(|r| format!("{r:.2}ms"));
                     // The peer's clock relative to this node's: `clock +1200ms` runs ahead.
                     let clock = p
                         .clock_offset_ms
                         .map_or_else(|| "-".to_string(), |o| format!("{o:+}ms"));
-                    say!(
-                        "{} {} {path} {} clock {clock}",
+                    let state = if p.connected {
+                        "connected"
+                    } else {
+                        "disconnected"
+                    };
+                    r.text.push(format!(
+                        "{} {state} {path} {} clock {clock}",
                         p.id,
-                        if p.connected {
-                            "connected"
-                        } else {
-                            "disconnected"
-                        },
                         rtt.unwrap_or_else(|| "-".into())
-                    );
+                    ));
+                    peers.push(serde_json::json!({
+                        "id": p.id,
+                        "connected": p.connected,
+                        "path": if path == "-" { "none" } else { path },
+                        "rtt_ms": rtt_ms,
+                        "clock_offset_ms": p.clock_offset_ms,
+                    }));
                 }
+                r.field("peers", peers)
             }
-            "leader" => say!(
-                "leader {} term {} me {}",
-                swarm.leader_id().await.as_deref().unwrap_or("none"),
-                swarm.leader_term().await,
-                swarm.is_leader().await
-            ),
+            "leader" => {
+                let (leader, term, me) = (
+                    swarm.leader_id().await,
+                    swarm.leader_term().await,
+                    swarm.is_leader().await,
+                );
+                Reply::new(format!(
+                    "leader {} term {term} me {me}",
+                    leader.as_deref().unwrap_or("none")
+                ))
+                .field("leader", leader)
+                .field("term", term)
+                .field("me", me)
+            }
             "compact" => {
-                swarm.compact().await?;
-                say!("ok");
+                swarm.compact().await.map_err(e)?;
+                Reply::ok()
             }
             "epoch" => {
-                let e = swarm.epoch();
-                let leader = data_encoding::HEXLOWER.encode(&e.leader);
-                say!("epoch {} term {} leader {leader}", e.n, e.term);
+                let ep = swarm.epoch();
+                let leader = data_encoding::HEXLOWER.encode(&ep.leader);
+                Reply::new(format!("epoch {} term {} leader {leader}", ep.n, ep.term))
+                    .field("epoch", ep.n)
+                    .field("term", ep.term)
+                    .field("leader", leader)
             }
-            "ticket" => say!("{}", swarm.ticket()),
-            "addrs" => say!("{}", swarm.addrs().join(" ")),
-            "id" => say!("{}", swarm.node_id()),
+            "ticket" => {
+                let t = swarm.ticket();
+                Reply::new(t.clone()).field("ticket", t)
+            }
+            "addrs" => {
+                let a = swarm.addrs();
+                Reply::new(a.join(" ")).field("addrs", a)
+            }
+            "id" => {
+                let id = swarm.node_id();
+                Reply::new(id.clone()).field("id", id)
+            }
             "watch" => match args {
                 "on" | "off" => {
                     *watch = args == "on";
-                    say!("watch {args}");
+                    Reply::new(format!("watch {args}")).field("watch", *watch)
                 }
-                _ => say!("error: usage: watch on|off"),
+                _ => return Err("usage: watch on|off".to_string()),
             },
-            "quit" | "exit" => {}
-            other => say!(
-                "error: unknown command {:?} (type help)",
-                truncated(other, ECHO_CHARS)
-            ),
-        }
-        Ok(())
+            other => {
+                return Err(format!(
+                    "unknown command {:?} (type help)",
+                    truncated(other, ECHO_CHARS)
+                ))
+            }
+        }))
     }
     .await;
-    if let Err(e) = r {
-        say!("error: {e}");
-    }
+    print_reply(r, json);
     !matches!(cmd, "quit" | "exit")
 }
 
@@ -483,7 +705,7 @@ impl From<io::Error> for Failure {
     }
 }
 
-async fn run(cli: &Cli, bootstrap: &[String], mut watch: bool) -> Result<(), Failure> {
+async fn run(cli: &Cli, bootstrap: &[String], mut watch: bool, json: bool) -> Result<(), Failure> {
     // Signal handlers first: a signal that arrives while the store opens stops the node
     // gracefully once it is up, instead of killing it.
     let mut term = signal(SignalKind::terminate())?;
@@ -493,9 +715,16 @@ async fn run(cli: &Cli, bootstrap: &[String], mut watch: bool) -> Result<(), Fai
         .build()
         .await?;
     swarm.start().await?;
-    say!("id: {}", swarm.node_id());
-    say!("ticket: {}", swarm.ticket());
-    say!("ready (type help)");
+    if json {
+        say!(
+            "{}",
+            serde_json::json!({ "ready": true, "id": swarm.node_id(), "ticket": swarm.ticket() })
+        );
+    } else {
+        say!("id: {}", swarm.node_id());
+        say!("ticket: {}", swarm.ticket());
+        say!("ready (type help)");
+    }
 
     let mut events = swarm.subscribe();
     let mut input = read_stdin();
@@ -506,25 +735,29 @@ async fn run(cli: &Cli, bootstrap: &[String], mut watch: bool) -> Result<(), Fai
             _ = interrupt.recv() => break,
             line = input.recv(), if stdin_open => match line {
                 Some(Input::Line(l)) => {
-                    if !execute(&swarm, &l, &mut watch).await {
+                    if !execute(&swarm, &l, &mut watch, json).await {
                         break;
                     }
                 }
-                Some(Input::TooLong) => say!(
-                    "error: line longer than {MAX_LINE} bytes ignored (no command needs more)"
+                Some(Input::TooLong) => print_reply(
+                    Err(format!("line longer than {MAX_LINE} bytes ignored (no command needs more)")),
+                    json,
                 ),
                 // No more input (e.g. started in the background): keep serving.
                 None => stdin_open = false,
             },
             Some(e) = events.recv() => {
                 if watch {
-                    print_event(&e);
+                    print_event(&e, json);
                 }
             }
         }
     }
     swarm.shutdown().await?;
-    say!("shut down");
+    print_reply(
+        Ok(Some(Reply::new("shut down").field("shut_down", true))),
+        json,
+    );
     Ok(())
 }
 
@@ -560,7 +793,11 @@ async fn one_shot(cli: &Cli) -> Result<(), Failure> {
 async fn main() {
     let cli = Cli::parse();
     let result = match &cli.command {
-        Command::Run { bootstrap, watch } => run(&cli, bootstrap, *watch).await,
+        Command::Run {
+            bootstrap,
+            watch,
+            json,
+        } => run(&cli, bootstrap, *watch, *json).await,
         _ => one_shot(&cli).await,
     };
     let code = match result {

@@ -261,3 +261,73 @@ def test_asyncio_api(tmp_path):
             await a.get_async("k00")
 
     asyncio.run(main())
+
+
+def test_every_call_after_shutdown_raises_closed(nodes):
+    a = nodes.open()
+    node_id = a.node_id()
+    sub = a.subscribe(Recorder())
+    a.shutdown()
+    blocking = {
+        "start": a.start,
+        "put": lambda: a.put("k", b"v"),
+        "get": lambda: a.get("k"),
+        "delete": lambda: a.delete("k"),
+        "keys": lambda: a.keys(""),
+        "len": a.len,
+        "is_empty": a.is_empty,
+        "is_leader": a.is_leader,
+        "leader_id": a.leader_id,
+        "leader_term": a.leader_term,
+        "ticket": a.ticket,
+        "peers": a.peers,
+        "compact": a.compact,
+        "subscribe": lambda: a.subscribe(Recorder()),
+        "shutdown": a.shutdown,
+    }
+    asynchronous = {
+        "start_async": a.start_async,
+        "put_async": lambda: a.put_async("k", b"v"),
+        "get_async": lambda: a.get_async("k"),
+        "delete_async": lambda: a.delete_async("k"),
+        "keys_async": lambda: a.keys_async(""),
+        "shutdown_async": a.shutdown_async,
+    }
+    # every public method is covered: a new one must be added here
+    methods = {m for m in dir(murmur.Swarm) if not m.startswith("_")} - {"open_async"}
+    assert methods == set(blocking) | set(asynchronous) | {"node_id"}
+    for name, call in blocking.items():
+        with pytest.raises(murmur.MurmurError.Closed, match="shut down"):
+            call()
+
+    async def each_async():
+        for name, call in asynchronous.items():
+            with pytest.raises(murmur.MurmurError.Closed, match="shut down"):
+                await call()
+
+    asyncio.run(each_async())
+    # node_id() cannot raise: it still returns the node's identity
+    assert a.node_id() == node_id
+    # a subscription made before shutdown has ended; cancelling it is harmless, twice too
+    sub.cancel()
+    sub.cancel()
+    assert sub.is_cancelled()
+
+
+def test_cancel_releases_the_listener(nodes):
+    # The library holds no reference to a listener once cancel() returns: it is freed on the
+    # cancelling thread, never later on a library thread (which, at interpreter exit, aborted
+    # the process).
+    import gc
+    import weakref
+
+    a = nodes.open()
+    rec = Recorder()
+    ref = weakref.ref(rec)
+    sub = a.subscribe(rec)
+    a.put("k", b"v")
+    rec.wait_for("the put", lambda e: isinstance(e, murmur.Event.PUT))
+    del rec
+    sub.cancel()
+    gc.collect()
+    assert ref() is None

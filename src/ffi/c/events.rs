@@ -223,7 +223,9 @@ pub unsafe extern "C" fn murmur_subscribe(
             let ud = ud;
             while let Some(ev) = stream.recv().await {
                 let _held = st.delivering.lock().unwrap_or_else(|p| p.into_inner());
-                if st.cancelled.load(Ordering::Acquire) {
+                // No callback starts once the process is exiting: the program's statics may
+                // already be destroyed (C++ destructors and atexit handlers run in exit()).
+                if st.cancelled.load(Ordering::Acquire) || crate::ffi::exiting() {
                     break;
                 }
                 DELIVERING.with(|d| d.set(id(&st)));

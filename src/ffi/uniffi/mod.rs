@@ -13,16 +13,30 @@
 //! runtime reads the event stream and calls the listener, one event at a time and in order, on a
 //! thread of the runtime's blocking pool (so a listener may call back into the swarm, blocking
 //! methods included).
+//!
+//! # Process exit
+//! A library thread must never call into the foreign side, nor free a foreign object, once the
+//! host has begun to exit: a Python interpreter that is finalizing ends such a thread with a
+//! forced unwind, which aborts the process (`FATAL: exception not rethrown`). So:
+//! - a listener is owned by its subscription's shared state, never by the delivery task, and is
+//!   freed on the thread that calls `Subscription.cancel()` (or [`prepare_exit`]); when its last
+//!   owner goes away on a library thread it is parked and freed by the next call from the
+//!   foreign side instead;
+//! - no delivery starts once the process is exiting: [`prepare_exit`] (which the Python package
+//!   calls from `atexit`, while the interpreter is whole) or the C `atexit` handler the library
+//!   registers (C, C++, the JVM) says so;
+//! - [`prepare_exit`] also cancels every subscription (waiting for deliveries in progress) and
+//!   shuts down every swarm still open.
 
 use std::{
     future::Future,
     net::SocketAddr,
     sync::{
         atomic::{AtomicBool, Ordering},
-        Arc, Mutex,
+        Arc, Mutex, Weak,
     },
     thread::ThreadId,
-    time::Duration,
+    time::{Duration, Instant},
 };
 
 use crate::{
@@ -407,6 +421,69 @@ pub trait EventListener: Send + Sync {
     fn on_event(&self, event: Event) -> Result<(), ListenerError>;
 }
 
+/// Listeners whose last owner went away on a library thread, waiting to be freed by a call from
+/// the foreign side (see the module docs: a library thread never frees a foreign object).
+static DEFERRED: Mutex<Vec<Arc<dyn EventListener>>> = Mutex::new(Vec::new());
+
+/// Every subscription and swarm handed out and not yet gone, for [`prepare_exit`].
+static LIVE_SUBS: Mutex<Vec<Weak<SubShared>>> = Mutex::new(Vec::new());
+static LIVE_SWARMS: Mutex<Vec<Weak<Swarm>>> = Mutex::new(Vec::new());
+
+fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
+    m.lock().unwrap_or_else(|p| p.into_inner())
+}
+
+/// Frees `listener` here if this is a foreign thread, or parks it for the next foreign call.
+fn release(listener: Arc<dyn EventListener>) {
+    if crate::ffi::on_runtime_thread() {
+        lock(&DEFERRED).push(listener);
+    } else {
+        drop(listener);
+    }
+}
+
+/// Frees the parked listeners, when called on a foreign thread.
+fn free_deferred() {
+    if !crate::ffi::on_runtime_thread() {
+        let parked = std::mem::take(&mut *lock(&DEFERRED));
+        drop(parked);
+    }
+}
+
+/// How long [`prepare_exit`] waits for a listener that is running, and for each swarm's
+/// shutdown, before it lets the process go on exiting.
+const EXIT_WAIT: Duration = Duration::from_secs(5);
+
+/// Makes the process ready to exit: no event delivery starts from now on, every subscription
+/// is cancelled (a listener running on another thread is waited for, up to 5 seconds) and its
+/// listener freed on the calling thread, and every swarm still open is shut down (up to 5
+/// seconds each); afterwards their calls fail with `Closed`. Calling it again does nothing
+/// more. This is final for the process: subscriptions made afterwards deliver nothing.
+///
+/// The Python package calls it from `atexit`, while the interpreter is still whole. The
+/// library also stops deliveries by itself when the C `exit()` begins (C, C++, the JVM's
+/// `System.exit` and normal JVM exit), so calling it by hand is only needed by a host that
+/// tears down its own runtime before `exit()`.
+#[uniffi::export]
+pub fn prepare_exit() {
+    crate::ffi::set_exiting();
+    let subs = std::mem::take(&mut *lock(&LIVE_SUBS));
+    for sub in subs.iter().filter_map(Weak::upgrade) {
+        if let Some(listener) = sub.close(Some(EXIT_WAIT)) {
+            release(listener);
+        }
+    }
+    let swarms = std::mem::take(&mut *lock(&LIVE_SWARMS));
+    for swarm in swarms.iter().filter_map(Weak::upgrade) {
+        let core = swarm.core();
+        let _ = block_on(async move {
+            let _ = tokio::time::timeout(EXIT_WAIT, core.shutdown()).await;
+        });
+    }
+    drop(subs);
+    free_deferred();
+}
+
 /// Runs `fut` to completion on the library runtime, blocking the calling thread.
 fn block_on<F: Future>(fut: F) -> Result<F::Output> {
     let rt = crate::ffi::runtime()?;
@@ -461,10 +538,22 @@ impl Swarm {
         self.core.clone().expect("the swarm handle is alive")
     }
 
+    /// The core swarm, or `Closed` after `shutdown()`: for the calls whose Rust counterparts
+    /// cannot fail (`is_leader`, `peers`, ...), so that every call after shutdown raises.
+    fn open_core(&self) -> Result<crate::Swarm> {
+        let s = self.core();
+        s.check_open()?;
+        Ok(s)
+    }
+
     async fn open(config: SwarmConfig) -> Result<Arc<Self>> {
         let builder = config.into_builder()?;
         let core = on_runtime(async move { Ok(builder.build().await?) }).await?;
-        Ok(Arc::new(Swarm { core: Some(core) }))
+        let swarm = Arc::new(Swarm { core: Some(core) });
+        let mut live = lock(&LIVE_SWARMS);
+        live.retain(|w| w.strong_count() > 0);
+        live.push(Arc::downgrade(&swarm));
+        Ok(swarm)
     }
 }
 
@@ -557,37 +646,41 @@ impl Swarm {
         Ok(self.len()? == 0)
     }
 
-    /// Whether this node is the leader.
+    /// Whether this node is the leader. Fails with `Closed` after `shutdown()`.
     pub fn is_leader(&self) -> Result<bool> {
-        let s = self.core();
+        let s = self.open_core()?;
         block_on(async move { s.is_leader().await })
     }
 
-    /// The leader's node ID, if one is known.
+    /// The leader's node ID, if one is known. Fails with `Closed` after `shutdown()`.
     pub fn leader_id(&self) -> Result<Option<String>> {
-        let s = self.core();
+        let s = self.open_core()?;
         block_on(async move { s.leader_id().await })
     }
 
-    /// The current leader's term (0 before any leader is known).
+    /// The current leader's term (0 before any leader is known). Fails with `Closed` after
+    /// `shutdown()`.
     pub fn leader_term(&self) -> Result<u64> {
-        let s = self.core();
+        let s = self.open_core()?;
         block_on(async move { s.leader_term().await })
     }
 
-    /// This node's ID (stable across restarts from the same data directory).
+    /// This node's ID (stable across restarts from the same data directory). It cannot fail:
+    /// after `shutdown()` it still returns the same ID (the node's identity, kept in its data
+    /// directory), the one call that does not raise `Closed`.
     pub fn node_id(&self) -> String {
         self.core().node_id()
     }
 
-    /// What another node passes in `SwarmConfig.bootstrap` to join through this one.
-    pub fn ticket(&self) -> String {
-        self.core().ticket()
+    /// What another node passes in `SwarmConfig.bootstrap` to join through this one. Fails
+    /// with `Closed` after `shutdown()` (the node has no addresses any more).
+    pub fn ticket(&self) -> Result<String> {
+        Ok(self.open_core()?.ticket())
     }
 
-    /// The peers this node knows.
+    /// The peers this node knows. Fails with `Closed` after `shutdown()`.
     pub fn peers(&self) -> Result<Vec<PeerInfo>> {
-        let s = self.core();
+        let s = self.open_core()?;
         let peers = block_on(async move { s.peers().await })?;
         Ok(peers.into_iter().map(Into::into).collect())
     }
@@ -600,10 +693,11 @@ impl Swarm {
     }
 
     /// Stops gracefully and releases the data directory. Every call afterwards fails with
-    /// `Closed`; subscriptions end.
+    /// `Closed` (except `node_id()`); subscriptions end.
     pub fn shutdown(&self) -> Result<()> {
         let s = self.core();
         block_on(async move { s.shutdown().await })??;
+        free_deferred();
         Ok(())
     }
 
@@ -614,19 +708,29 @@ impl Swarm {
     }
 
     /// Delivers every event from now on to `listener` until `Subscription.cancel()` is called
-    /// or the swarm shuts down.
+    /// or the swarm shuts down. Fails with `Closed` after `shutdown()`.
     pub fn subscribe(&self, listener: Arc<dyn EventListener>) -> Result<Arc<Subscription>> {
+        free_deferred();
         let rt = crate::ffi::runtime()?;
-        let mut stream = self.core().subscribe();
-        let shared = Arc::new(SubShared::default());
+        let mut stream = self.open_core()?.subscribe();
+        let shared = Arc::new(SubShared {
+            cancelled: AtomicBool::new(false),
+            listener: Mutex::new(Some(listener)),
+            deliverer: Mutex::new(None),
+        });
+        {
+            let mut live = lock(&LIVE_SUBS);
+            live.retain(|w| w.strong_count() > 0);
+            live.push(Arc::downgrade(&shared));
+        }
         let task_shared = shared.clone();
         let task = rt.spawn(async move {
             while let Some(event) = stream.recv().await {
-                if task_shared.cancelled.load(Ordering::SeqCst) {
+                if task_shared.stopped() {
                     break;
                 }
-                let (l, sh) = (listener.clone(), task_shared.clone());
-                let delivered = tokio::task::spawn_blocking(move || sh.deliver(&*l, event)).await;
+                let sh = task_shared.clone();
+                let delivered = tokio::task::spawn_blocking(move || sh.deliver(event)).await;
                 if let Err(e) = delivered {
                     tracing::warn!("an event listener failed: {e}");
                 }
@@ -639,34 +743,95 @@ impl Swarm {
     }
 }
 
-#[derive(Default)]
+/// What a subscription's delivery task and its handle share. It owns the foreign listener (the
+/// task never does), so that the listener is freed on a foreign thread (see the module docs).
 struct SubShared {
     cancelled: AtomicBool,
-    /// Held while the listener runs, so `cancel` can wait for a delivery in progress.
-    delivering: Mutex<()>,
+    /// The listener, until the subscription is cancelled. Locked while the listener runs, so
+    /// that `cancel` can wait for a delivery in progress.
+    listener: Mutex<Option<Arc<dyn EventListener>>>,
     /// The thread running the listener, if one is.
     deliverer: Mutex<Option<ThreadId>>,
 }
 
 impl SubShared {
-    fn deliver(&self, listener: &dyn EventListener, event: crate::Event) {
-        let _running = self.delivering.lock().unwrap_or_else(|p| p.into_inner());
-        if self.cancelled.load(Ordering::SeqCst) {
+    /// Whether no delivery may start: cancelled, or the process is exiting.
+    fn stopped(&self) -> bool {
+        self.cancelled.load(Ordering::SeqCst) || crate::ffi::exiting()
+    }
+
+    fn deliver(&self, event: crate::Event) {
+        let mut slot = lock(&self.listener);
+        if self.stopped() {
             return;
         }
-        *self.deliverer.lock().unwrap_or_else(|p| p.into_inner()) =
-            Some(std::thread::current().id());
+        let Some(listener) = slot.as_ref() else {
+            return;
+        };
+        *lock(&self.deliverer) = Some(std::thread::current().id());
         struct Clear<'a>(&'a Mutex<Option<ThreadId>>);
         impl Drop for Clear<'_> {
             fn drop(&mut self) {
-                *self.0.lock().unwrap_or_else(|p| p.into_inner()) = None;
+                *lock(self.0) = None;
             }
         }
-        let _clear = Clear(&self.deliverer);
+        let clear = Clear(&self.deliverer);
         if let Err(e) = listener.on_event(event.into()) {
             // Like an uncaught exception in a thread: say so, and carry on.
             eprintln!("murmur: an event listener raised an exception (delivery continues): {e}");
             tracing::warn!("an event listener raised an exception: {e}");
+        }
+        drop(clear);
+        if self.cancelled.load(Ordering::SeqCst) {
+            // Cancelled from inside the listener: `cancel` could not take it.
+            if let Some(l) = slot.take() {
+                release(l);
+            }
+        }
+    }
+
+    /// Stops delivery for good and takes the listener out. A delivery in progress on another
+    /// thread is waited for (up to `wait`, or without limit); called from the listener itself,
+    /// it returns `None` at once and the delivery frees the listener when the callback returns.
+    fn close(&self, wait: Option<Duration>) -> Option<Arc<dyn EventListener>> {
+        self.cancelled.store(true, Ordering::SeqCst);
+        if *lock(&self.deliverer) == Some(std::thread::current().id()) {
+            return None;
+        }
+        let mut slot = match wait {
+            None => lock(&self.listener),
+            Some(limit) => {
+                let deadline = Instant::now() + limit;
+                loop {
+                    match self.listener.try_lock() {
+                        Ok(g) => break g,
+                        Err(std::sync::TryLockError::Poisoned(p)) => break p.into_inner(),
+                        Err(std::sync::TryLockError::WouldBlock) if Instant::now() < deadline => {
+                            std::thread::sleep(Duration::from_millis(2))
+                        }
+                        Err(std::sync::TryLockError::WouldBlock) => {
+                            eprintln!(
+                                "murmur: an event listener still running at exit was not waited for"
+                            );
+                            return None;
+                        }
+                    }
+                }
+            }
+        };
+        slot.take()
+    }
+}
+
+impl Drop for SubShared {
+    fn drop(&mut self) {
+        let listener = self
+            .listener
+            .get_mut()
+            .unwrap_or_else(|p| p.into_inner())
+            .take();
+        if let Some(l) = listener {
+            release(l);
         }
     }
 }
@@ -681,25 +846,14 @@ pub struct Subscription {
 #[uniffi::export]
 impl Subscription {
     /// Stops the delivery. When it returns, the listener is not running (unless `cancel` is
-    /// called from the listener itself) and will not be called again.
+    /// called from the listener itself) and will not be called again, and the library holds no
+    /// reference to it any more. Calling it again, or after the swarm's shutdown, does nothing.
     pub fn cancel(&self) {
-        self.shared.cancelled.store(true, Ordering::SeqCst);
         self.task.abort();
-        let me = std::thread::current().id();
-        let deliverer = *self
-            .shared
-            .deliverer
-            .lock()
-            .unwrap_or_else(|p| p.into_inner());
-        if deliverer != Some(me) {
-            // Wait for a delivery in progress on another thread.
-            drop(
-                self.shared
-                    .delivering
-                    .lock()
-                    .unwrap_or_else(|p| p.into_inner()),
-            );
+        if let Some(listener) = self.shared.close(None) {
+            release(listener);
         }
+        free_deferred();
     }
 
     /// Whether `cancel()` was called.
@@ -753,6 +907,126 @@ mod tests {
                 Err(MurmurError::Closed(_))
             ));
         });
+    }
+
+    /// Records where it is dropped: a library thread must never free a foreign listener.
+    struct Probe {
+        events: Arc<Mutex<Vec<Event>>>,
+        dropped_on_runtime_thread: Arc<Mutex<Option<bool>>>,
+    }
+
+    impl EventListener for Probe {
+        fn on_event(&self, event: Event) -> Result<(), ListenerError> {
+            lock(&self.events).push(event);
+            Ok(())
+        }
+    }
+
+    impl Drop for Probe {
+        fn drop(&mut self) {
+            *lock(&self.dropped_on_runtime_thread) = Some(crate::ffi::on_runtime_thread());
+        }
+    }
+
+    type Dropped = Arc<Mutex<Option<bool>>>;
+
+    fn probe() -> (Arc<dyn EventListener>, Arc<Mutex<Vec<Event>>>, Dropped) {
+        let events = Arc::new(Mutex::new(Vec::new()));
+        let dropped = Arc::new(Mutex::new(None));
+        let p = Probe {
+            events: events.clone(),
+            dropped_on_runtime_thread: dropped.clone(),
+        };
+        (Arc::new(p), events, dropped)
+    }
+
+    fn wait_for(what: &str, cond: impl Fn() -> bool) {
+        let end = Instant::now() + Duration::from_secs(30);
+        while !cond() {
+            assert!(Instant::now() < end, "timed out waiting for {what}");
+            std::thread::sleep(Duration::from_millis(10));
+        }
+    }
+
+    /// The listener is freed on the thread that cancels, also after the swarm's shutdown; when
+    /// the subscription handle is dropped instead and the delivery task ends on a library
+    /// thread, the listener is parked and freed by the next call from a foreign thread. Never on a library thread: at interpreter exit
+    /// that aborted the Python process.
+    #[test]
+    fn listeners_are_never_freed_on_a_library_thread() {
+        let dir = tempfile::tempdir().unwrap();
+        let s = Swarm::new(test_config(&dir.path().join("a"))).unwrap();
+        s.start().unwrap();
+        let (l1, events1, dropped1) = probe();
+        let (l2, events2, dropped2) = probe();
+        let sub1 = s.subscribe(l1).unwrap();
+        let sub2 = s.subscribe(l2).unwrap();
+        s.put("k".into(), b"v".to_vec()).unwrap();
+        wait_for("both listeners see the put", || {
+            !lock(&events1).is_empty() && !lock(&events2).is_empty()
+        });
+        drop(sub2);
+        s.shutdown().unwrap();
+        // The delivery tasks end with the shutdown; the listeners are still alive.
+        std::thread::sleep(Duration::from_millis(100));
+        assert_eq!(*lock(&dropped1), None, "listener 1 freed before cancel");
+        sub1.cancel();
+        assert_eq!(
+            *lock(&dropped1),
+            Some(false),
+            "listener 1 freed on the cancelling thread"
+        );
+        // Dropping the last handle ends the event stream, so the task of subscription 2 (whose
+        // handle is gone) ends on a library thread, its last owner: the listener waits there
+        // for the next foreign call.
+        drop(s);
+        let other = Swarm::new(test_config(&dir.path().join("b"))).unwrap();
+        wait_for("listener 2 parked or freed", || {
+            lock(&dropped2).is_some() || !lock(&DEFERRED).is_empty()
+        });
+        let (l3, _, _) = probe();
+        other.subscribe(l3).unwrap().cancel();
+        assert_eq!(
+            *lock(&dropped2),
+            Some(false),
+            "listener 2 freed on a foreign thread"
+        );
+        other.shutdown().unwrap();
+    }
+
+    /// After shutdown every method fails with Closed, except node_id (which cannot fail).
+    #[test]
+    fn every_call_after_shutdown_fails_with_closed() {
+        let dir = tempfile::tempdir().unwrap();
+        let s = Swarm::new(test_config(dir.path())).unwrap();
+        s.start().unwrap();
+        let id = s.node_id();
+        s.shutdown().unwrap();
+        let closed = |r: Result<()>| assert!(matches!(r, Err(MurmurError::Closed(_))), "{r:?}");
+        closed(s.start());
+        closed(s.put("k".into(), b"v".to_vec()));
+        closed(s.get("k".into()).map(drop));
+        closed(s.delete("k".into()));
+        closed(s.keys(String::new()).map(drop));
+        closed(s.len().map(drop));
+        closed(s.is_empty().map(drop));
+        closed(s.is_leader().map(drop));
+        closed(s.leader_id().map(drop));
+        closed(s.leader_term().map(drop));
+        closed(s.ticket().map(drop));
+        closed(s.peers().map(drop));
+        closed(s.compact());
+        closed(s.subscribe(probe().0).map(drop));
+        closed(s.shutdown());
+        futures_lite::future::block_on(async {
+            closed(s.start_async().await);
+            closed(s.put_async("k".into(), b"v".to_vec()).await);
+            closed(s.get_async("k".into()).await.map(drop));
+            closed(s.delete_async("k".into()).await);
+            closed(s.keys_async(String::new()).await.map(drop));
+            closed(s.shutdown_async().await);
+        });
+        assert_eq!(s.node_id(), id);
     }
 
     #[test]

@@ -847,7 +847,8 @@ public protocol SubscriptionProtocol: AnyObject, Sendable {
     
     /**
      * Stops the delivery. When it returns, the listener is not running (unless `cancel` is
-     * called from the listener itself) and will not be called again.
+     * called from the listener itself) and will not be called again, and the library holds no
+     * reference to it any more. Calling it again, or after the swarm's shutdown, does nothing.
      */
     func cancel() 
     
@@ -915,7 +916,8 @@ open class Subscription: SubscriptionProtocol, @unchecked Sendable {
     
     /**
      * Stops the delivery. When it returns, the listener is not running (unless `cancel` is
-     * called from the listener itself) and will not be called again.
+     * called from the listener itself) and will not be called again, and the library holds no
+     * reference to it any more. Calling it again, or after the swarm's shutdown, does nothing.
      */
 open func cancel()  {try! rustCall() {
         uniffiCallStatus in
@@ -1023,7 +1025,7 @@ public protocol SwarmProtocol: AnyObject, Sendable {
     func isEmpty() throws  -> Bool
     
     /**
-     * Whether this node is the leader.
+     * Whether this node is the leader. Fails with `Closed` after `shutdown()`.
      */
     func isLeader() throws  -> Bool
     
@@ -1038,12 +1040,13 @@ public protocol SwarmProtocol: AnyObject, Sendable {
     func keysAsync(prefix: String) async throws  -> [String]
     
     /**
-     * The leader's node ID, if one is known.
+     * The leader's node ID, if one is known. Fails with `Closed` after `shutdown()`.
      */
     func leaderId() throws  -> String?
     
     /**
-     * The current leader's term (0 before any leader is known).
+     * The current leader's term (0 before any leader is known). Fails with `Closed` after
+     * `shutdown()`.
      */
     func leaderTerm() throws  -> UInt64
     
@@ -1053,12 +1056,14 @@ public protocol SwarmProtocol: AnyObject, Sendable {
     func len() throws  -> UInt64
     
     /**
-     * This node's ID (stable across restarts from the same data directory).
+     * This node's ID (stable across restarts from the same data directory). It cannot fail:
+     * after `shutdown()` it still returns the same ID (the node's identity, kept in its data
+     * directory), the one call that does not raise `Closed`.
      */
     func nodeId()  -> String
     
     /**
-     * The peers this node knows.
+     * The peers this node knows. Fails with `Closed` after `shutdown()`.
      */
     func peers() throws  -> [PeerInfo]
     
@@ -1074,7 +1079,7 @@ public protocol SwarmProtocol: AnyObject, Sendable {
     
     /**
      * Stops gracefully and releases the data directory. Every call afterwards fails with
-     * `Closed`; subscriptions end.
+     * `Closed` (except `node_id()`); subscriptions end.
      */
     func shutdown() throws 
     
@@ -1095,14 +1100,15 @@ public protocol SwarmProtocol: AnyObject, Sendable {
     
     /**
      * Delivers every event from now on to `listener` until `Subscription.cancel()` is called
-     * or the swarm shuts down.
+     * or the swarm shuts down. Fails with `Closed` after `shutdown()`.
      */
     func subscribe(listener: EventListener) throws  -> Subscription
     
     /**
-     * What another node passes in `SwarmConfig.bootstrap` to join through this one.
+     * What another node passes in `SwarmConfig.bootstrap` to join through this one. Fails
+     * with `Closed` after `shutdown()` (the node has no addresses any more).
      */
-    func ticket()  -> String
+    func ticket() throws  -> String
     
 }
 /**
@@ -1279,7 +1285,7 @@ open func isEmpty()throws  -> Bool  {
 }
     
     /**
-     * Whether this node is the leader.
+     * Whether this node is the leader. Fails with `Closed` after `shutdown()`.
      */
 open func isLeader()throws  -> Bool  {
     return try  FfiConverterBool.lift(try rustCallWithError(FfiConverterTypeMurmurError_lift) {
@@ -1323,7 +1329,7 @@ open func keysAsync(prefix: String)async throws  -> [String]  {
 }
     
     /**
-     * The leader's node ID, if one is known.
+     * The leader's node ID, if one is known. Fails with `Closed` after `shutdown()`.
      */
 open func leaderId()throws  -> String?  {
     return try  FfiConverterOptionString.lift(try rustCallWithError(FfiConverterTypeMurmurError_lift) {
@@ -1335,7 +1341,8 @@ open func leaderId()throws  -> String?  {
 }
     
     /**
-     * The current leader's term (0 before any leader is known).
+     * The current leader's term (0 before any leader is known). Fails with `Closed` after
+     * `shutdown()`.
      */
 open func leaderTerm()throws  -> UInt64  {
     return try  FfiConverterUInt64.lift(try rustCallWithError(FfiConverterTypeMurmurError_lift) {
@@ -1359,7 +1366,9 @@ open func len()throws  -> UInt64  {
 }
     
     /**
-     * This node's ID (stable across restarts from the same data directory).
+     * This node's ID (stable across restarts from the same data directory). It cannot fail:
+     * after `shutdown()` it still returns the same ID (the node's identity, kept in its data
+     * directory), the one call that does not raise `Closed`.
      */
 open func nodeId() -> String  {
     return try!  FfiConverterString.lift(try! rustCall() {
@@ -1371,7 +1380,7 @@ open func nodeId() -> String  {
 }
     
     /**
-     * The peers this node knows.
+     * The peers this node knows. Fails with `Closed` after `shutdown()`.
      */
 open func peers()throws  -> [PeerInfo]  {
     return try  FfiConverterSequenceTypePeerInfo.lift(try rustCallWithError(FfiConverterTypeMurmurError_lift) {
@@ -1416,7 +1425,7 @@ open func putAsync(key: String, value: Data)async throws   {
     
     /**
      * Stops gracefully and releases the data directory. Every call afterwards fails with
-     * `Closed`; subscriptions end.
+     * `Closed` (except `node_id()`); subscriptions end.
      */
 open func shutdown()throws   {try rustCallWithError(FfiConverterTypeMurmurError_lift) {
         uniffiCallStatus in
@@ -1477,7 +1486,7 @@ open func startAsync()async throws   {
     
     /**
      * Delivers every event from now on to `listener` until `Subscription.cancel()` is called
-     * or the swarm shuts down.
+     * or the swarm shuts down. Fails with `Closed` after `shutdown()`.
      */
 open func subscribe(listener: EventListener)throws  -> Subscription  {
     return try  FfiConverterTypeSubscription_lift(try rustCallWithError(FfiConverterTypeMurmurError_lift) {
@@ -1490,10 +1499,11 @@ open func subscribe(listener: EventListener)throws  -> Subscription  {
 }
     
     /**
-     * What another node passes in `SwarmConfig.bootstrap` to join through this one.
+     * What another node passes in `SwarmConfig.bootstrap` to join through this one. Fails
+     * with `Closed` after `shutdown()` (the node has no addresses any more).
      */
-open func ticket() -> String  {
-    return try!  FfiConverterString.lift(try! rustCall() {
+open func ticket()throws  -> String  {
+    return try  FfiConverterString.lift(try rustCallWithError(FfiConverterTypeMurmurError_lift) {
         uniffiCallStatus in
     uniffi_murmur_fn_method_swarm_ticket(
             self.uniffiCloneHandle(),uniffiCallStatus
@@ -2855,6 +2865,24 @@ public func defaultConfig(storagePath: String) -> SwarmConfig  {
     )
 })
 }
+/**
+ * Makes the process ready to exit: no event delivery starts from now on, every subscription
+ * is cancelled (a listener running on another thread is waited for, up to 5 seconds) and its
+ * listener freed on the calling thread, and every swarm still open is shut down (up to 5
+ * seconds each); afterwards their calls fail with `Closed`. Calling it again does nothing
+ * more. This is final for the process: subscriptions made afterwards deliver nothing.
+ *
+ * The Python package calls it from `atexit`, while the interpreter is still whole. The
+ * library also stops deliveries by itself when the C `exit()` begins (C, C++, the JVM's
+ * `System.exit` and normal JVM exit), so calling it by hand is only needed by a host that
+ * tears down its own runtime before `exit()`.
+ */
+public func prepareExit()  {try! rustCall() {
+        uniffiCallStatus in
+    uniffi_murmur_fn_func_prepare_exit(uniffiCallStatus
+    )
+}
+}
 
 private enum InitializationResult {
     case ok
@@ -2874,10 +2902,13 @@ private let initializationResult: InitializationResult = {
     if (uniffi_murmur_checksum_func_default_config() != 12865) {
         return InitializationResult.apiChecksumMismatch
     }
+    if (uniffi_murmur_checksum_func_prepare_exit() != 4720) {
+        return InitializationResult.apiChecksumMismatch
+    }
     if (uniffi_murmur_checksum_method_eventlistener_on_event() != 27239) {
         return InitializationResult.apiChecksumMismatch
     }
-    if (uniffi_murmur_checksum_method_subscription_cancel() != 37490) {
+    if (uniffi_murmur_checksum_method_subscription_cancel() != 56391) {
         return InitializationResult.apiChecksumMismatch
     }
     if (uniffi_murmur_checksum_method_subscription_is_cancelled() != 33062) {
@@ -2901,7 +2932,7 @@ private let initializationResult: InitializationResult = {
     if (uniffi_murmur_checksum_method_swarm_is_empty() != 1550) {
         return InitializationResult.apiChecksumMismatch
     }
-    if (uniffi_murmur_checksum_method_swarm_is_leader() != 139) {
+    if (uniffi_murmur_checksum_method_swarm_is_leader() != 10697) {
         return InitializationResult.apiChecksumMismatch
     }
     if (uniffi_murmur_checksum_method_swarm_keys() != 17924) {
@@ -2910,19 +2941,19 @@ private let initializationResult: InitializationResult = {
     if (uniffi_murmur_checksum_method_swarm_keys_async() != 86) {
         return InitializationResult.apiChecksumMismatch
     }
-    if (uniffi_murmur_checksum_method_swarm_leader_id() != 10856) {
+    if (uniffi_murmur_checksum_method_swarm_leader_id() != 43643) {
         return InitializationResult.apiChecksumMismatch
     }
-    if (uniffi_murmur_checksum_method_swarm_leader_term() != 35419) {
+    if (uniffi_murmur_checksum_method_swarm_leader_term() != 61958) {
         return InitializationResult.apiChecksumMismatch
     }
     if (uniffi_murmur_checksum_method_swarm_len() != 43305) {
         return InitializationResult.apiChecksumMismatch
     }
-    if (uniffi_murmur_checksum_method_swarm_node_id() != 38106) {
+    if (uniffi_murmur_checksum_method_swarm_node_id() != 29817) {
         return InitializationResult.apiChecksumMismatch
     }
-    if (uniffi_murmur_checksum_method_swarm_peers() != 10851) {
+    if (uniffi_murmur_checksum_method_swarm_peers() != 11333) {
         return InitializationResult.apiChecksumMismatch
     }
     if (uniffi_murmur_checksum_method_swarm_put() != 32004) {
@@ -2931,7 +2962,7 @@ private let initializationResult: InitializationResult = {
     if (uniffi_murmur_checksum_method_swarm_put_async() != 51704) {
         return InitializationResult.apiChecksumMismatch
     }
-    if (uniffi_murmur_checksum_method_swarm_shutdown() != 11932) {
+    if (uniffi_murmur_checksum_method_swarm_shutdown() != 61783) {
         return InitializationResult.apiChecksumMismatch
     }
     if (uniffi_murmur_checksum_method_swarm_shutdown_async() != 49089) {
@@ -2943,10 +2974,10 @@ private let initializationResult: InitializationResult = {
     if (uniffi_murmur_checksum_method_swarm_start_async() != 63043) {
         return InitializationResult.apiChecksumMismatch
     }
-    if (uniffi_murmur_checksum_method_swarm_subscribe() != 1691) {
+    if (uniffi_murmur_checksum_method_swarm_subscribe() != 55706) {
         return InitializationResult.apiChecksumMismatch
     }
-    if (uniffi_murmur_checksum_method_swarm_ticket() != 18511) {
+    if (uniffi_murmur_checksum_method_swarm_ticket() != 421) {
         return InitializationResult.apiChecksumMismatch
     }
     if (uniffi_murmur_checksum_constructor_swarm_new() != 40717) {

@@ -434,6 +434,12 @@ RustBuffer uniffi_murmur_fn_method_swarm_ticket(uint64_t ptr, RustCallStatus *_N
 RustBuffer uniffi_murmur_fn_func_default_config(RustBuffer storage_path, RustCallStatus *_Nonnull out_status
 );
 #endif
+#ifndef UNIFFI_FFIDEF_UNIFFI_MURMUR_FN_FUNC_PREPARE_EXIT
+#define UNIFFI_FFIDEF_UNIFFI_MURMUR_FN_FUNC_PREPARE_EXIT
+void uniffi_murmur_fn_func_prepare_exit(RustCallStatus *_Nonnull out_status
+    
+);
+#endif
 #ifndef UNIFFI_FFIDEF_FFI_MURMUR_RUSTBUFFER_ALLOC
 #define UNIFFI_FFIDEF_FFI_MURMUR_RUSTBUFFER_ALLOC
 RustBuffer ffi_murmur_rustbuffer_alloc(uint64_t size, RustCallStatus *_Nonnull out_status
@@ -697,6 +703,12 @@ void ffi_murmur_rust_future_complete_void(uint64_t handle, RustCallStatus *_Nonn
 #ifndef UNIFFI_FFIDEF_UNIFFI_MURMUR_CHECKSUM_FUNC_DEFAULT_CONFIG
 #define UNIFFI_FFIDEF_UNIFFI_MURMUR_CHECKSUM_FUNC_DEFAULT_CONFIG
 uint16_t uniffi_murmur_checksum_func_default_config(void
+    
+);
+#endif
+#ifndef UNIFFI_FFIDEF_UNIFFI_MURMUR_CHECKSUM_FUNC_PREPARE_EXIT
+#define UNIFFI_FFIDEF_UNIFFI_MURMUR_CHECKSUM_FUNC_PREPARE_EXIT
+uint16_t uniffi_murmur_checksum_func_prepare_exit(void
     
 );
 #endif

@@ -140,7 +140,7 @@ final class MurmurTests: XCTestCase {
         XCTAssertNil(try a.get(key: "user:1"))
         try a.compact()
         XCTAssertEqual(a.nodeId().count, 64)
-        XCTAssertFalse(a.ticket().isEmpty)
+        XCTAssertFalse(try a.ticket().isEmpty)
     }
 
     func testReplicationAcrossThreeNodes() throws {
@@ -308,6 +308,95 @@ final class MurmurTests: XCTestCase {
             XCTFail("expected Closed")
         } catch MurmurError.Closed {
         }
+    }
+
+    /// Every call after shutdown() throws Closed, blocking and async alike; nodeId() cannot
+    /// throw and still returns the node's identity.
+    func testEveryCallAfterShutdownThrowsClosed() async throws {
+        let a = try open()
+        let id = a.nodeId()
+        let sub = try a.subscribe(listener: Recorder())
+        try a.shutdown()
+        let blocking: [(String, () throws -> Void)] = [
+            ("start", { try a.start() }),
+            ("put", { try a.put(key: "k", value: bytes("v")) }),
+            ("get", { _ = try a.get(key: "k") }),
+            ("delete", { try a.delete(key: "k") }),
+            ("keys", { _ = try a.keys(prefix: "") }),
+            ("len", { _ = try a.len() }),
+            ("isEmpty", { _ = try a.isEmpty() }),
+            ("isLeader", { _ = try a.isLeader() }),
+            ("leaderId", { _ = try a.leaderId() }),
+            ("leaderTerm", { _ = try a.leaderTerm() }),
+            ("ticket", { _ = try a.ticket() }),
+            ("peers", { _ = try a.peers() }),
+            ("compact", { try a.compact() }),
+            ("subscribe", { _ = try a.subscribe(listener: Recorder()) }),
+            ("shutdown", { try a.shutdown() }),
+        ]
+        for (name, call) in blocking {
+            XCTAssertThrowsError(try call(), name) { e in
+                guard case let .Closed(message)? = e as? MurmurError else { return XCTFail("\(name): \(e)") }
+                XCTAssertTrue(message.contains("shut down"), name)
+            }
+        }
+        let asynchronous: [(String, () async throws -> Void)] = [
+            ("startAsync", { try await a.startAsync() }),
+            ("putAsync", { try await a.putAsync(key: "k", value: bytes("v")) }),
+            ("getAsync", { _ = try await a.getAsync(key: "k") }),
+            ("deleteAsync", { try await a.deleteAsync(key: "k") }),
+            ("keysAsync", { _ = try await a.keysAsync(prefix: "") }),
+            ("shutdownAsync", { try await a.shutdownAsync() }),
+        ]
+        for (name, call) in asynchronous {
+            do {
+                try await call()
+                XCTFail("\(name): expected Closed")
+            } catch MurmurError.Closed {
+            }
+        }
+        XCTAssertEqual(a.nodeId(), id)
+        sub.cancel()
+        sub.cancel()
+        XCTAssertTrue(sub.isCancelled())
+    }
+
+    /// A commit that fails (another program holds the database's write lock past the busy
+    /// timeout: here Python's sqlite3 module in a child process) throws `Storage`, and listeners
+    /// hear `storageFailed` once, then `storageRecovered` at the next commit that works.
+    func testStorageFailureAndRecoveryAreEvents() throws {
+        let a = try open()
+        let rec = Recorder()
+        let sub = try a.subscribe(listener: rec)
+        let holder = Process()
+        holder.executableURL = URL(fileURLWithPath: "/usr/bin/env")
+        holder.arguments = ["python3", "-c",
+            "import sqlite3, sys\nc = sqlite3.connect(sys.argv[1], isolation_level=None)\n"
+                + "c.execute('BEGIN IMMEDIATE')\nprint('locked', flush=True)\nsys.stdin.read()\n",
+            dir.appendingPathComponent("node\(count)/murmur.sqlite3").path]
+        let toHolder = Pipe(), fromHolder = Pipe()
+        holder.standardInput = toHolder
+        holder.standardOutput = fromHolder
+        try holder.run()
+        _ = fromHolder.fileHandleForReading.availableData // "locked"
+        XCTAssertThrowsError(try a.put(key: "k", value: bytes("v"))) { e in
+            guard case let .Storage(message)? = e as? MurmurError else { return XCTFail("\(e)") }
+            XCTAssertTrue(message.contains("locked"), message)
+        }
+        try rec.waitFor("storageFailed") { if case .storageFailed = $0 { return true }; return false }
+        try toHolder.fileHandleForWriting.close()
+        holder.waitUntilExit()
+        try a.put(key: "k", value: bytes("v2"))
+        try rec.waitFor("storageRecovered") { if case .storageRecovered = $0 { return true }; return false }
+        let storage = rec.snapshot().filter {
+            switch $0 {
+            case .storageFailed, .storageRecovered: return true
+            default: return false
+            }
+        }
+        XCTAssertEqual(storage.count, 2)
+        if case let .storageFailed(error) = storage[0] { XCTAssertTrue(error.contains("locked")) } else { XCTFail("\(storage)") }
+        sub.cancel()
     }
 
     func testConfigDefaultsMatchTheRustBuilder() {

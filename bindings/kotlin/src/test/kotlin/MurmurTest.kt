@@ -265,11 +265,94 @@ fun coroutinesApi() = Nodes().use { n ->
     }
 }
 
+fun everyCallAfterShutdownThrowsClosed() = Nodes().use { n ->
+    val a = n.open()
+    val id = a.nodeId()
+    val sub = a.subscribe(Recorder())
+    a.shutdown()
+    val blocking: Map<String, () -> Unit> = mapOf(
+        "start" to { a.start() },
+        "put" to { a.put("k", bytes("v")) },
+        "get" to { a.get("k") },
+        "delete" to { a.delete("k") },
+        "keys" to { a.keys("") },
+        "len" to { a.len() },
+        "isEmpty" to { a.isEmpty() },
+        "isLeader" to { a.isLeader() },
+        "leaderId" to { a.leaderId() },
+        "leaderTerm" to { a.leaderTerm() },
+        "ticket" to { a.ticket() },
+        "peers" to { a.peers() },
+        "compact" to { a.compact() },
+        "subscribe" to { a.subscribe(Recorder()) },
+        "shutdown" to { a.shutdown() },
+        "startAsync" to { runBlocking { a.startAsync() } },
+        "putAsync" to { runBlocking { a.putAsync("k", bytes("v")) } },
+        "getAsync" to { runBlocking { a.getAsync("k") } },
+        "deleteAsync" to { runBlocking { a.deleteAsync("k") } },
+        "keysAsync" to { runBlocking { a.keysAsync("") } },
+        "shutdownAsync" to { runBlocking { a.shutdownAsync() } },
+    )
+    for ((name, call) in blocking) {
+        val e = expectThrows<MurmurException.Closed>("$name after shutdown") { call() }
+        check(e.message!!.contains("shut down")) { "$name: message ${e.message}" }
+    }
+    // nodeId() cannot throw: it still returns the node's identity
+    check(a.nodeId() == id) { "nodeId after shutdown" }
+    sub.cancel()
+    sub.cancel()
+    check(sub.isCancelled()) { "cancelled" }
+}
+
 fun configDefaultsMatchTheRustBuilder() {
     val cfg = SwarmConfig(storagePath = "/tmp/x")
     check(cfg == defaultConfig("/tmp/x")) { "defaults agree: $cfg" }
     check(cfg.heartbeatIntervalMs == 2000UL && cfg.leaderTimeoutMs == 5000UL && cfg.maxPeers == 64U) { "values" }
     check(cfg.maxClockOffsetMs == 60_000UL) { "clock bound" }
+}
+
+/**
+ * Another program holding the write lock of a database (as a backup tool or an `sqlite3` shell
+ * does) until closed: Python's sqlite3 module in a child process (the JVM has no SQLite here).
+ */
+class WriteLock(db: Path) : AutoCloseable {
+    private val holder = ProcessBuilder(
+        "python3", "-c",
+        "import sqlite3, sys\n" +
+            "c = sqlite3.connect(sys.argv[1], isolation_level=None)\n" +
+            "c.execute('BEGIN IMMEDIATE')\n" +
+            "print('locked', flush=True)\n" +
+            "sys.stdin.read()\n" +
+            "c.execute('ROLLBACK')\n",
+        db.toString(),
+    ).redirectErrorStream(true).start()
+
+    init {
+        val line = holder.inputStream.bufferedReader().readLine()
+        check(line == "locked") { "the lock holder said: $line" }
+    }
+
+    override fun close() {
+        holder.outputStream.close()
+        holder.waitFor()
+    }
+}
+
+fun storageFailureAndRecoveryAreEvents() = Nodes().use { n ->
+    val a = n.open()
+    val rec = Recorder()
+    val sub = a.subscribe(rec)
+    WriteLock(n.dir.resolve("node1").resolve("murmur.sqlite3")).use {
+        val e = expectThrows<MurmurException.Storage>("a put while the database is locked") { a.put("k", bytes("v")) }
+        check(e.message?.contains("locked") == true) { "message: ${e.message}" }
+        rec.waitFor("StorageFailed") { it is Event.StorageFailed }
+    }
+    a.put("k", bytes("v2"))
+    rec.waitFor("StorageRecovered") { it is Event.StorageRecovered }
+    val storage = rec.snapshot().filter { it is Event.StorageFailed || it is Event.StorageRecovered }
+    check(storage.size == 2 && (storage[0] as Event.StorageFailed).error.contains("locked")) { "$storage" }
+    check(a.get("k")?.contentEquals(bytes("v2")) == true) { "the later write" }
+    sub.cancel()
 }
 
 fun main() {
@@ -284,6 +367,8 @@ fun main() {
         "errors are typed, with messages" to ::errorsAreTypedWithMessages,
         "coroutines (suspend) API" to ::coroutinesApi,
         "config defaults match the Rust builder" to ::configDefaultsMatchTheRustBuilder,
+        "every call after shutdown throws Closed" to ::everyCallAfterShutdownThrowsClosed,
+        "storage failure and recovery are events" to ::storageFailureAndRecoveryAreEvents,
     )
     var passed = 0
     var failed = 0

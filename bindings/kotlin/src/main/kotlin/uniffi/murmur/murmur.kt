@@ -706,6 +706,8 @@ internal object IntegrityCheckingUniffiLib {
     internal fun ensureInitialized() = Unit
     external fun uniffi_murmur_checksum_func_default_config(
     ): Int
+    external fun uniffi_murmur_checksum_func_prepare_exit(
+    ): Int
     external fun uniffi_murmur_checksum_method_eventlistener_on_event(
     ): Int
     external fun uniffi_murmur_checksum_method_subscription_cancel(
@@ -851,6 +853,8 @@ internal object UniffiLib {
     ): RustBuffer.ByValue
     external fun uniffi_murmur_fn_func_default_config(`storagePath`: RustBuffer.ByValue,uniffi_out_err: UniffiRustCallStatus, 
     ): RustBuffer.ByValue
+    external fun uniffi_murmur_fn_func_prepare_exit(uniffi_out_err: UniffiRustCallStatus, 
+    ): Unit
     external fun ffi_murmur_rustbuffer_alloc(`size`: Long,uniffi_out_err: UniffiRustCallStatus, 
     ): RustBuffer.ByValue
     external fun ffi_murmur_rustbuffer_from_bytes(`bytes`: ForeignBytes.ByValue,uniffi_out_err: UniffiRustCallStatus, 
@@ -973,10 +977,13 @@ private fun uniffiCheckApiChecksums(lib: IntegrityCheckingUniffiLib) {
     if ((lib.uniffi_murmur_checksum_func_default_config() and 0xFFFF) != 12865) {
         throw RuntimeException("UniFFI API checksum mismatch: try cleaning and rebuilding your project")
     }
+    if ((lib.uniffi_murmur_checksum_func_prepare_exit() and 0xFFFF) != 4720) {
+        throw RuntimeException("UniFFI API checksum mismatch: try cleaning and rebuilding your project")
+    }
     if ((lib.uniffi_murmur_checksum_method_eventlistener_on_event() and 0xFFFF) != 27239) {
         throw RuntimeException("UniFFI API checksum mismatch: try cleaning and rebuilding your project")
     }
-    if ((lib.uniffi_murmur_checksum_method_subscription_cancel() and 0xFFFF) != 37490) {
+    if ((lib.uniffi_murmur_checksum_method_subscription_cancel() and 0xFFFF) != 56391) {
         throw RuntimeException("UniFFI API checksum mismatch: try cleaning and rebuilding your project")
     }
     if ((lib.uniffi_murmur_checksum_method_subscription_is_cancelled() and 0xFFFF) != 33062) {
@@ -1000,7 +1007,7 @@ private fun uniffiCheckApiChecksums(lib: IntegrityCheckingUniffiLib) {
     if ((lib.uniffi_murmur_checksum_method_swarm_is_empty() and 0xFFFF) != 1550) {
         throw RuntimeException("UniFFI API checksum mismatch: try cleaning and rebuilding your project")
     }
-    if ((lib.uniffi_murmur_checksum_method_swarm_is_leader() and 0xFFFF) != 139) {
+    if ((lib.uniffi_murmur_checksum_method_swarm_is_leader() and 0xFFFF) != 10697) {
         throw RuntimeException("UniFFI API checksum mismatch: try cleaning and rebuilding your project")
     }
     if ((lib.uniffi_murmur_checksum_method_swarm_keys() and 0xFFFF) != 17924) {
@@ -1009,19 +1016,19 @@ private fun uniffiCheckApiChecksums(lib: IntegrityCheckingUniffiLib) {
     if ((lib.uniffi_murmur_checksum_method_swarm_keys_async() and 0xFFFF) != 86) {
         throw RuntimeException("UniFFI API checksum mismatch: try cleaning and rebuilding your project")
     }
-    if ((lib.uniffi_murmur_checksum_method_swarm_leader_id() and 0xFFFF) != 10856) {
+    if ((lib.uniffi_murmur_checksum_method_swarm_leader_id() and 0xFFFF) != 43643) {
         throw RuntimeException("UniFFI API checksum mismatch: try cleaning and rebuilding your project")
     }
-    if ((lib.uniffi_murmur_checksum_method_swarm_leader_term() and 0xFFFF) != 35419) {
+    if ((lib.uniffi_murmur_checksum_method_swarm_leader_term() and 0xFFFF) != 61958) {
         throw RuntimeException("UniFFI API checksum mismatch: try cleaning and rebuilding your project")
     }
     if ((lib.uniffi_murmur_checksum_method_swarm_len() and 0xFFFF) != 43305) {
         throw RuntimeException("UniFFI API checksum mismatch: try cleaning and rebuilding your project")
     }
-    if ((lib.uniffi_murmur_checksum_method_swarm_node_id() and 0xFFFF) != 38106) {
+    if ((lib.uniffi_murmur_checksum_method_swarm_node_id() and 0xFFFF) != 29817) {
         throw RuntimeException("UniFFI API checksum mismatch: try cleaning and rebuilding your project")
     }
-    if ((lib.uniffi_murmur_checksum_method_swarm_peers() and 0xFFFF) != 10851) {
+    if ((lib.uniffi_murmur_checksum_method_swarm_peers() and 0xFFFF) != 11333) {
         throw RuntimeException("UniFFI API checksum mismatch: try cleaning and rebuilding your project")
     }
     if ((lib.uniffi_murmur_checksum_method_swarm_put() and 0xFFFF) != 32004) {
@@ -1030,7 +1037,7 @@ private fun uniffiCheckApiChecksums(lib: IntegrityCheckingUniffiLib) {
     if ((lib.uniffi_murmur_checksum_method_swarm_put_async() and 0xFFFF) != 51704) {
         throw RuntimeException("UniFFI API checksum mismatch: try cleaning and rebuilding your project")
     }
-    if ((lib.uniffi_murmur_checksum_method_swarm_shutdown() and 0xFFFF) != 11932) {
+    if ((lib.uniffi_murmur_checksum_method_swarm_shutdown() and 0xFFFF) != 61783) {
         throw RuntimeException("UniFFI API checksum mismatch: try cleaning and rebuilding your project")
     }
     if ((lib.uniffi_murmur_checksum_method_swarm_shutdown_async() and 0xFFFF) != 49089) {
@@ -1042,10 +1049,10 @@ private fun uniffiCheckApiChecksums(lib: IntegrityCheckingUniffiLib) {
     if ((lib.uniffi_murmur_checksum_method_swarm_start_async() and 0xFFFF) != 63043) {
         throw RuntimeException("UniFFI API checksum mismatch: try cleaning and rebuilding your project")
     }
-    if ((lib.uniffi_murmur_checksum_method_swarm_subscribe() and 0xFFFF) != 1691) {
+    if ((lib.uniffi_murmur_checksum_method_swarm_subscribe() and 0xFFFF) != 55706) {
         throw RuntimeException("UniFFI API checksum mismatch: try cleaning and rebuilding your project")
     }
-    if ((lib.uniffi_murmur_checksum_method_swarm_ticket() and 0xFFFF) != 18511) {
+    if ((lib.uniffi_murmur_checksum_method_swarm_ticket() and 0xFFFF) != 421) {
         throw RuntimeException("UniFFI API checksum mismatch: try cleaning and rebuilding your project")
     }
     if ((lib.uniffi_murmur_checksum_constructor_swarm_new() and 0xFFFF) != 40717) {
@@ -1911,7 +1918,8 @@ public interface SubscriptionInterface {
     
     /**
      * Stops the delivery. When it returns, the listener is not running (unless `cancel` is
-     * called from the listener itself) and will not be called again.
+     * called from the listener itself) and will not be called again, and the library holds no
+     * reference to it any more. Calling it again, or after the swarm's shutdown, does nothing.
      */
     fun `cancel`()
     
@@ -2030,7 +2038,8 @@ open class Subscription: Disposable, AutoCloseable, SubscriptionInterface
     
     /**
      * Stops the delivery. When it returns, the listener is not running (unless `cancel` is
-     * called from the listener itself) and will not be called again.
+     * called from the listener itself) and will not be called again, and the library holds no
+     * reference to it any more. Calling it again, or after the swarm's shutdown, does nothing.
      */override fun `cancel`()
         = 
     callWithHandle {
@@ -2229,7 +2238,7 @@ public interface SwarmInterface {
     fun `isEmpty`(): kotlin.Boolean
     
     /**
-     * Whether this node is the leader.
+     * Whether this node is the leader. Fails with `Closed` after `shutdown()`.
      */
     fun `isLeader`(): kotlin.Boolean
     
@@ -2244,12 +2253,13 @@ public interface SwarmInterface {
     suspend fun `keysAsync`(`prefix`: kotlin.String): List<kotlin.String>
     
     /**
-     * The leader's node ID, if one is known.
+     * The leader's node ID, if one is known. Fails with `Closed` after `shutdown()`.
      */
     fun `leaderId`(): kotlin.String?
     
     /**
-     * The current leader's term (0 before any leader is known).
+     * The current leader's term (0 before any leader is known). Fails with `Closed` after
+     * `shutdown()`.
      */
     fun `leaderTerm`(): kotlin.ULong
     
@@ -2259,12 +2269,14 @@ public interface SwarmInterface {
     fun `len`(): kotlin.ULong
     
     /**
-     * This node's ID (stable across restarts from the same data directory).
+     * This node's ID (stable across restarts from the same data directory). It cannot fail:
+     * after `shutdown()` it still returns the same ID (the node's identity, kept in its data
+     * directory), the one call that does not raise `Closed`.
      */
     fun `nodeId`(): kotlin.String
     
     /**
-     * The peers this node knows.
+     * The peers this node knows. Fails with `Closed` after `shutdown()`.
      */
     fun `peers`(): List<PeerInfo>
     
@@ -2280,7 +2292,7 @@ public interface SwarmInterface {
     
     /**
      * Stops gracefully and releases the data directory. Every call afterwards fails with
-     * `Closed`; subscriptions end.
+     * `Closed` (except `node_id()`); subscriptions end.
      */
     fun `shutdown`()
     
@@ -2301,12 +2313,13 @@ public interface SwarmInterface {
     
     /**
      * Delivers every event from now on to `listener` until `Subscription.cancel()` is called
-     * or the swarm shuts down.
+     * or the swarm shuts down. Fails with `Closed` after `shutdown()`.
      */
     fun `subscribe`(`listener`: EventListener): Subscription
     
     /**
-     * What another node passes in `SwarmConfig.bootstrap` to join through this one.
+     * What another node passes in `SwarmConfig.bootstrap` to join through this one. Fails
+     * with `Closed` after `shutdown()` (the node has no addresses any more).
      */
     fun `ticket`(): kotlin.String
     
@@ -2551,7 +2564,7 @@ open class Swarm: Disposable, AutoCloseable, SwarmInterface
 
     
     /**
-     * Whether this node is the leader.
+     * Whether this node is the leader. Fails with `Closed` after `shutdown()`.
      */
     @Throws(MurmurException::class)override fun `isLeader`(): kotlin.Boolean {
             return FfiConverterBoolean.lift(
@@ -2611,7 +2624,7 @@ open class Swarm: Disposable, AutoCloseable, SwarmInterface
 
     
     /**
-     * The leader's node ID, if one is known.
+     * The leader's node ID, if one is known. Fails with `Closed` after `shutdown()`.
      */
     @Throws(MurmurException::class)override fun `leaderId`(): kotlin.String? {
             return FfiConverterOptionalString.lift(
@@ -2628,7 +2641,8 @@ open class Swarm: Disposable, AutoCloseable, SwarmInterface
 
     
     /**
-     * The current leader's term (0 before any leader is known).
+     * The current leader's term (0 before any leader is known). Fails with `Closed` after
+     * `shutdown()`.
      */
     @Throws(MurmurException::class)override fun `leaderTerm`(): kotlin.ULong {
             return FfiConverterULong.lift(
@@ -2662,7 +2676,9 @@ open class Swarm: Disposable, AutoCloseable, SwarmInterface
 
     
     /**
-     * This node's ID (stable across restarts from the same data directory).
+     * This node's ID (stable across restarts from the same data directory). It cannot fail:
+     * after `shutdown()` it still returns the same ID (the node's identity, kept in its data
+     * directory), the one call that does not raise `Closed`.
      */override fun `nodeId`(): kotlin.String {
             return FfiConverterString.lift(
     callWithHandle {
@@ -2678,7 +2694,7 @@ open class Swarm: Disposable, AutoCloseable, SwarmInterface
 
     
     /**
-     * The peers this node knows.
+     * The peers this node knows. Fails with `Closed` after `shutdown()`.
      */
     @Throws(MurmurException::class)override fun `peers`(): List<PeerInfo> {
             return FfiConverterSequenceTypePeerInfo.lift(
@@ -2741,7 +2757,7 @@ open class Swarm: Disposable, AutoCloseable, SwarmInterface
     
     /**
      * Stops gracefully and releases the data directory. Every call afterwards fails with
-     * `Closed`; subscriptions end.
+     * `Closed` (except `node_id()`); subscriptions end.
      */
     @Throws(MurmurException::class)override fun `shutdown`()
         = 
@@ -2824,7 +2840,7 @@ open class Swarm: Disposable, AutoCloseable, SwarmInterface
     
     /**
      * Delivers every event from now on to `listener` until `Subscription.cancel()` is called
-     * or the swarm shuts down.
+     * or the swarm shuts down. Fails with `Closed` after `shutdown()`.
      */
     @Throws(MurmurException::class)override fun `subscribe`(`listener`: EventListener): Subscription {
             return FfiConverterTypeSubscription.lift(
@@ -2842,11 +2858,13 @@ open class Swarm: Disposable, AutoCloseable, SwarmInterface
 
     
     /**
-     * What another node passes in `SwarmConfig.bootstrap` to join through this one.
-     */override fun `ticket`(): kotlin.String {
+     * What another node passes in `SwarmConfig.bootstrap` to join through this one. Fails
+     * with `Closed` after `shutdown()` (the node has no addresses any more).
+     */
+    @Throws(MurmurException::class)override fun `ticket`(): kotlin.String {
             return FfiConverterString.lift(
     callWithHandle {
-    uniffiRustCall() { _status ->
+    uniffiRustCallWithError(MurmurException) { _status ->
     UniffiLib.uniffi_murmur_fn_method_swarm_ticket(
         it,
         _status)
@@ -4167,6 +4185,27 @@ public object FfiConverterSequenceTypePeerInfo: FfiConverterRustBuffer<List<Peer
 }
     )
     }
+    
+
+        /**
+         * Makes the process ready to exit: no event delivery starts from now on, every subscription
+         * is cancelled (a listener running on another thread is waited for, up to 5 seconds) and its
+         * listener freed on the calling thread, and every swarm still open is shut down (up to 5
+         * seconds each); afterwards their calls fail with `Closed`. Calling it again does nothing
+         * more. This is final for the process: subscriptions made afterwards deliver nothing.
+         *
+         * The Python package calls it from `atexit`, while the interpreter is still whole. The
+         * library also stops deliveries by itself when the C `exit()` begins (C, C++, the JVM's
+         * `System.exit` and normal JVM exit), so calling it by hand is only needed by a host that
+         * tears down its own runtime before `exit()`.
+         */ fun `prepareExit`()
+        = 
+    uniffiRustCall() { _status ->
+    UniffiLib.uniffi_murmur_fn_func_prepare_exit(
+    
+        _status)
+}
+    
     
 
 
