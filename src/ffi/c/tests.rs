@@ -272,6 +272,15 @@ struct Events {
     kinds: Mutex<Vec<(MurmurEventKind, String)>>,
 }
 
+/// An event recorder and the `user_data` that points to it (valid while `events` lives).
+fn recorder() -> (Arc<Events>, *mut c_void) {
+    let events = Arc::new(Events {
+        kinds: Mutex::new(Vec::new()),
+    });
+    let ud = Arc::as_ptr(&events) as *mut c_void;
+    (events, ud)
+}
+
 /// Records each event's kind with its key (or, for STORAGE_FAILED, its error).
 unsafe extern "C" fn on_event(ud: *mut c_void, ev: *const MurmurEvent) {
     let events = unsafe { &*(ud as *const Events) };
@@ -288,10 +297,7 @@ unsafe extern "C" fn on_event(ud: *mut c_void, ev: *const MurmurEvent) {
 fn subscription_delivers_until_unsubscribed() {
     let dir = tempfile::tempdir().unwrap();
     let s = open(dir.path());
-    let events = Arc::new(Events {
-        kinds: Mutex::new(Vec::new()),
-    });
-    let ud = Arc::as_ptr(&events) as *mut c_void;
+    let (events, ud) = recorder();
     unsafe {
         let mut sub = null_mut();
         assert_eq!(murmur_subscribe(s, None, ud, &mut sub), MurmurErrNullArg);
@@ -350,10 +356,7 @@ fn subscription_delivers_until_unsubscribed() {
 fn storage_failures_and_recovery_are_events() {
     let dir = tempfile::tempdir().unwrap();
     let s = open(dir.path());
-    let events = Arc::new(Events {
-        kinds: Mutex::new(Vec::new()),
-    });
-    let ud = Arc::as_ptr(&events) as *mut c_void;
+    let (events, ud) = recorder();
     unsafe {
         let mut sub = null_mut();
         assert_eq!(murmur_subscribe(s, Some(on_event), ud, &mut sub), MurmurOk);
