@@ -250,6 +250,8 @@ pub struct Election<I> {
     term_source: Option<I>,
     /// See [`Election::with_startup_grace`].
     startup_grace: Duration,
+    /// Idle past `leader_timeout`, alone, waiting out the startup grace.
+    in_grace: bool,
 }
 
 impl<I: Ord + Clone + std::fmt::Debug> Election<I> {
@@ -275,6 +277,7 @@ impl<I: Ord + Clone + std::fmt::Debug> Election<I> {
             last_announced: None,
             term_source: None,
             startup_grace: Duration::ZERO,
+            in_grace: false,
         }
     }
 
@@ -316,11 +319,22 @@ impl<I: Ord + Clone + std::fmt::Debug> Election<I> {
 
     /// An authenticated connection to `peer` exists (calling it again for an
     /// already known peer is treated as a reconnect).
-    pub fn peer_up(&mut self, peer: I, _now: Duration) {
+    pub fn peer_up(&mut self, peer: I, now: Duration) {
         if peer == self.me {
             return;
         }
         self.peers.insert(peer.clone());
+        if let Role::Idle { deadline } = self.role {
+            if self.in_grace {
+                // The first peer came, after the node had already listened for a whole
+                // `leader_timeout`: a leader announces itself to a new peer at once, so one
+                // heartbeat interval is enough to hear it before electing.
+                self.in_grace = false;
+                self.role = Role::Idle {
+                    deadline: deadline.min(now.saturating_add(self.config.heartbeat_interval)),
+                };
+            }
+        }
         match self.role {
             // Tell newcomers (and healed partitions) at once instead of making
             // them wait for a timeout; a stale lower leader on the other side
@@ -385,6 +399,7 @@ impl<I: Ord + Clone + std::fmt::Debug> Election<I> {
                     self.role = Role::Idle {
                         deadline: self.startup_grace,
                     };
+                    self.in_grace = true;
                 } else {
                     self.start_election(now);
                 }

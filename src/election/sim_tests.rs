@@ -1240,6 +1240,15 @@ fn a_restarted_node_waits_out_its_startup_grace_before_claiming_alone() {
     e.tick(grace);
     assert_eq!(e.leader(), Some(&1));
     assert_eq!(e.leader_term(), 8);
+    // A peer that comes during the grace ends the wait one heartbeat interval later (a leader
+    // announces itself to a new peer at once): here a lower, silent one, so it elects itself.
+    let mut e = Election::new(5u32, 7, cfg(), Duration::ZERO).with_startup_grace(grace);
+    e.tick(LT);
+    assert_eq!(e.next_deadline(), Some(grace));
+    e.peer_up(2, LT * 2);
+    assert_eq!(e.next_deadline(), Some(LT * 2 + cfg().heartbeat_interval));
+    e.tick(LT * 2 + cfg().heartbeat_interval);
+    assert_eq!(e.leader(), Some(&5));
     // A peer (lower, silent) already connected when the timeout fires: elects as usual.
     let mut e = Election::new(5u32, 7, cfg(), Duration::ZERO).with_startup_grace(grace);
     e.peer_up(2, ms(1));
