@@ -870,6 +870,15 @@ impl Replica {
                     if !self.pending.is_empty() {
                         fx.ask.insert(peer);
                     }
+                    // A newer epoch being fetched from this peer ran over the connection this
+                    // one replaces: what was in flight on it is lost, and the fetch's sync state
+                    // would wait for it for good (a restarted node whose dial crossed its
+                    // peer's stopped converging). Both sides start the fetch's sync afresh.
+                    if let Some(st) = self.staging.as_mut().filter(|st| st.from == peer) {
+                        st.sync = PeerSync::new(None);
+                        self.send(peer, DataMsg::Resync, false);
+                        self.poll_staging();
+                    }
                 }
                 Command::PeerDown { peer, conn_id } => {
                     if let Some(link) = self.peers.remove(&peer) {
@@ -2289,6 +2298,74 @@ mod tests {
         for key in ["a1", "a2", "from-b"] {
             assert!(b_doc.get(key).is_some(), "{key} is on B");
         }
+    }
+
+    /// A newer epoch being fetched from a peer whose connection is replaced (a restarted node's
+    /// dial crossing its peer's) is fetched again over the new connection. Before, the fetch's
+    /// sync state waited for an answer lost with the old connection, for good: the netns suite's
+    /// restarted nodes sometimes never converged.
+    #[test]
+    fn a_fetch_of_a_newer_epoch_restarts_on_a_replacing_connection() {
+        use super::{Command, DataMsg, Replica, ReplicaConfig};
+        use crate::history::EpochId;
+        use std::sync::Arc;
+        use tokio::sync::{broadcast, mpsc, Semaphore};
+
+        let dir = tempfile::tempdir().unwrap();
+        let (own_tx, _own_rx) = mpsc::channel(16);
+        let (misbehaved, _) = mpsc::unbounded_channel();
+        let cfg = ReplicaConfig {
+            dir: dir.path().to_path_buf(),
+            durability: crate::Durability::Process,
+            events: broadcast::channel(16).0,
+            misbehaved,
+            policy: Default::default(),
+            clocks: Arc::new(crate::clock::Clocks::new(Default::default(), 0)),
+        };
+        let (mut a, _) = Replica::open(cfg, own_tx.downgrade()).unwrap();
+        let b: super::NodeBytes = [0xBB; 32];
+        let newer = EpochId::ZERO.next(5, b);
+        let budget = Arc::new(Semaphore::new(1 << 20));
+        let from_b = |conn_id, msg| Command::FromPeer {
+            peer: b,
+            conn_id,
+            msg,
+            _permit: budget.clone().try_acquire_owned().unwrap(),
+        };
+        let fetch_msgs = |rx: &mut mpsc::Receiver<DataMsg>| {
+            let mut n = 0;
+            while let Ok(m) = rx.try_recv() {
+                if matches!(m, DataMsg::Sync { epoch, .. } if epoch == newer) {
+                    n += 1;
+                }
+            }
+            n
+        };
+        // B connects and says it is in a newer epoch: A fetches it from B.
+        let (to_b1, mut sent1, _) = super::DataTx::channel(64);
+        a.process(vec![
+            Command::PeerUp {
+                peer: b,
+                conn_id: 1,
+                tx: to_b1,
+            },
+            from_b(1, DataMsg::Epoch { epoch: newer }),
+        ]);
+        assert!(fetch_msgs(&mut sent1) > 0, "the fetch started");
+        // The answer is lost with connection 1, which a new one replaces.
+        let (to_b2, mut sent2, _) = super::DataTx::channel(64);
+        a.process(vec![
+            Command::PeerUp {
+                peer: b,
+                conn_id: 2,
+                tx: to_b2,
+            },
+            Command::Tick,
+        ]);
+        assert!(
+            fetch_msgs(&mut sent2) > 0,
+            "the fetch goes on over the new connection"
+        );
     }
 
     #[test]

@@ -781,7 +781,10 @@ class Suite:
                 p.wait()
         if self.topo:
             self.topo.destroy()
-        shutil.rmtree(self.tmp, ignore_errors=True)
+        if os.environ.get("MURMUR_NETNS_KEEP"):
+            print(f"kept the nodes' data and logs in {self.tmp} (MURMUR_NETNS_KEEP)")
+        else:
+            shutil.rmtree(self.tmp, ignore_errors=True)
 
 
 def main():
