@@ -2211,30 +2211,41 @@ mod tests {
         test_node(dir, "replica-tests", peers).await
     }
 
-    /// A batch with a peer's change between two local writes: automerge closes the local
-    /// transaction at the peer's change, so the writes make two changes. Both are pushed (in
-    /// one message): a peer that got only the second would hold it back as a gap until a sync
-    /// round brought the first.
-    #[test]
-    fn every_local_change_of_a_batch_is_pushed_when_a_peers_change_splits_them() {
-        use super::{Command, DataMsg, Replica, ReplicaConfig, WriteOp};
-        use crate::doc::{value_hash, KvDoc};
-        use crate::history::EpochId;
+    /// A replica in `dir`, driven by hand with `process` (no thread, no network); keep the
+    /// receiver: the replica's own queue.
+    fn replica_in(
+        dir: &std::path::Path,
+    ) -> (super::Replica, tokio::sync::mpsc::Receiver<super::Command>) {
         use std::sync::Arc;
-        use tokio::sync::{broadcast, mpsc, oneshot, Semaphore};
-
-        let dir = tempfile::tempdir().unwrap();
-        let (own_tx, _own_rx) = mpsc::channel(16);
+        use tokio::sync::{broadcast, mpsc};
+        let (own_tx, own_rx) = mpsc::channel(16);
         let (misbehaved, _) = mpsc::unbounded_channel();
-        let cfg = ReplicaConfig {
-            dir: dir.path().to_path_buf(),
+        let cfg = super::ReplicaConfig {
+            dir: dir.to_path_buf(),
             durability: crate::Durability::Process,
             events: broadcast::channel(16).0,
             misbehaved,
             policy: Default::default(),
             clocks: Arc::new(crate::clock::Clocks::new(Default::default(), 0)),
         };
-        let (mut a, _) = Replica::open(cfg, own_tx.downgrade()).unwrap();
+        let (replica, _) = super::Replica::open(cfg, own_tx.downgrade()).unwrap();
+        (replica, own_rx)
+    }
+
+    /// A batch with a peer's change between two local writes: automerge closes the local
+    /// transaction at the peer's change, so the writes make two changes. Both are pushed (in
+    /// one message): a peer that got only the second would hold it back as a gap until a sync
+    /// round brought the first.
+    #[test]
+    fn every_local_change_of_a_batch_is_pushed_when_a_peers_change_splits_them() {
+        use super::{Command, DataMsg, WriteOp};
+        use crate::doc::{value_hash, KvDoc};
+        use crate::history::EpochId;
+        use std::sync::Arc;
+        use tokio::sync::{oneshot, Semaphore};
+
+        let dir = tempfile::tempdir().unwrap();
+        let (mut a, _own_rx) = replica_in(dir.path());
         let b: super::NodeBytes = [0xBB; 32];
         let budget = Arc::new(Semaphore::new(1 << 20));
         let from_b = |msg| Command::FromPeer {
@@ -2306,23 +2317,13 @@ mod tests {
     /// restarted nodes sometimes never converged.
     #[test]
     fn a_fetch_of_a_newer_epoch_restarts_on_a_replacing_connection() {
-        use super::{Command, DataMsg, Replica, ReplicaConfig};
+        use super::{Command, DataMsg};
         use crate::history::EpochId;
         use std::sync::Arc;
-        use tokio::sync::{broadcast, mpsc, Semaphore};
+        use tokio::sync::{mpsc, Semaphore};
 
         let dir = tempfile::tempdir().unwrap();
-        let (own_tx, _own_rx) = mpsc::channel(16);
-        let (misbehaved, _) = mpsc::unbounded_channel();
-        let cfg = ReplicaConfig {
-            dir: dir.path().to_path_buf(),
-            durability: crate::Durability::Process,
-            events: broadcast::channel(16).0,
-            misbehaved,
-            policy: Default::default(),
-            clocks: Arc::new(crate::clock::Clocks::new(Default::default(), 0)),
-        };
-        let (mut a, _) = Replica::open(cfg, own_tx.downgrade()).unwrap();
+        let (mut a, _own_rx) = replica_in(dir.path());
         let b: super::NodeBytes = [0xBB; 32];
         let newer = EpochId::ZERO.next(5, b);
         let budget = Arc::new(Semaphore::new(1 << 20));
