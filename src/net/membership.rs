@@ -6,7 +6,7 @@
 //! ([`Membership::learn`], [`Membership::up`], [`Membership::down`],
 //! [`Membership::dial_done`], [`Membership::peers_received`], [`Membership::tick`]) with the
 //! time since the node started, and carries out the [`Output`]s it drains with
-//! [`Membership::poll_output`]: dial, close a replaced connection, send a peer list, save an
+//! [`Membership::poll_output`]: dial, send a peer list, save an
 //! address. The connections themselves (and anything else that does I/O) stay with the
 //! driver, keyed by the same connection ids.
 //!
@@ -45,12 +45,6 @@ pub(crate) const BACKOFF_MAX: Duration = Duration::from_secs(2);
 pub(crate) enum Output {
     /// Dial `peer` at `addr`, then report the outcome with [`Membership::dial_done`].
     Dial { peer: NodeBytes, addr: EndpointAddr },
-    /// Close connection `conn_id` to `peer` (replaced by a newer one) with `code`.
-    Close {
-        peer: NodeBytes,
-        conn_id: u64,
-        code: VarInt,
-    },
     /// Send `to` these addresses (along with this node's own address).
     SendPeers {
         to: NodeBytes,
@@ -63,7 +57,8 @@ pub(crate) enum Output {
 /// Whether a connection that came up is kept.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub(crate) enum Admit {
-    /// Kept. `replaced`: the connection it replaces (already asked to close), if any; `None`
+    /// Kept. `replaced`: the connection it replaces, which the driver closes (with
+    /// `close::DUPLICATE`), if any; `None`
     /// means the peer is newly connected.
     Keep { replaced: Option<u64> },
     /// Not kept: close it with this code.
@@ -164,13 +159,6 @@ impl Membership {
             }
         };
         self.links.insert(peer, Link { conn_id, dialer });
-        if let Some(old) = replaced {
-            self.outputs.push_back(Output::Close {
-                peer,
-                conn_id: old,
-                code: close::DUPLICATE,
-            });
-        }
         if let Some(k) = self.known.get_mut(&peer) {
             k.backoff = BACKOFF_MIN;
         }

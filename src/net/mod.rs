@@ -286,7 +286,6 @@ pub(crate) fn start(
         persisted: record,
         membership: Membership::new(me, max_peers),
         peers: HashMap::new(),
-        replaced: Vec::new(),
         leader_tx,
         events,
         clocks,
@@ -379,8 +378,6 @@ struct Node {
     membership: Membership,
     /// The connection kept to each peer (as `membership` decided), with its I/O handles.
     peers: HashMap<NodeBytes, PeerConn>,
-    /// Connections replaced by a newer one, until `drive_membership` closes them.
-    replaced: Vec<PeerConn>,
     leader_tx: watch::Sender<LeaderState>,
     events: broadcast::Sender<Event>,
     clocks: Arc<Clocks>,
@@ -470,8 +467,6 @@ impl Node {
                     Admit::Keep { replaced } => replaced,
                 };
                 debug!(peer = %node_id_string(&peer), conn_id, dialer, "connection kept");
-                // The replaced connection (if any) is closed by `drive_membership`, from the
-                // handle taken out here.
                 if let Some(old) = self.peers.insert(
                     peer,
                     PeerConn {
@@ -482,7 +477,9 @@ impl Node {
                         ping: None,
                     },
                 ) {
-                    self.replaced.push(old);
+                    debug!(peer = %node_id_string(&peer), conn_id = old.conn_id, "connection replaced");
+                    old.conn
+                        .close(close::DUPLICATE, b"replaced by a newer connection");
                 }
                 // The replica must know the connection before the connection task forwards
                 // its first message (both go through the replica's FIFO queue), or that
@@ -588,18 +585,6 @@ impl Node {
         while let Some(out) = self.membership.poll_output() {
             match out {
                 membership::Output::Dial { peer, addr } => self.dial(peer, addr),
-                membership::Output::Close {
-                    peer,
-                    conn_id,
-                    code,
-                } => {
-                    // Taken out of `peers` when its replacement was inserted.
-                    if let Some(i) = self.replaced.iter().position(|p| p.conn_id == conn_id) {
-                        let old = self.replaced.swap_remove(i);
-                        debug!(peer = %node_id_string(&peer), conn_id, "connection replaced");
-                        old.conn.close(code, b"replaced by a newer connection");
-                    }
-                }
                 membership::Output::SendPeers { to, known } => {
                     if let Some(p) = self.peers.get(&to) {
                         let _ = p.control.try_send(ControlMsg::Peers {
