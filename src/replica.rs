@@ -2110,7 +2110,7 @@ fn clone_err(e: &Error) -> Error {
     e.clone()
 }
 
-pub(crate) use crate::ids::node_id_string;
+use crate::ids::node_id_string;
 
 /// Test hook: holds a node's next whole-document load at a gate, so that a test can act while
 /// it is in progress.

@@ -586,7 +586,7 @@ impl Swarm {
     pub async fn leader_id(&self) -> Option<String> {
         self.leader_state()
             .leader
-            .map(|l| replica::node_id_string(&l))
+            .map(|l| crate::ids::node_id_string(&l))
     }
 
     /// The current leader's term (0 before any leader is known): strictly increasing across
